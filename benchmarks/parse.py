@@ -1,11 +1,15 @@
 # -*- test-case-name: tests.test_imap_parser -*-
 """Time our ResponseParser against twisted.mail.imap4.IMAP4Client on 100k FETCH lines.
 
-Usage: python benchmarks/parse.py [--lines N]
+Usage: python benchmarks/parse.py [--lines N] [--stream-mib M]
 
 The lines are the hot shape of a flag sync,
 ``* n FETCH (UID u MODSEQ (m) FLAGS (\\Seen $Label1))``, fed in 64 KiB chunks
 (a TCP read) and in 4 MiB chunks (what COMPRESS=DEFLATE inflates to).
+
+Then, in a fresh process, one message of M MiB (default 50) is streamed
+through IMAPSession.fetch_messages in 64 KiB reads and the growth of the
+peak RSS is printed (the target: under twice the message size).
 """
 
 from __future__ import annotations
@@ -95,11 +99,61 @@ def twisted_in_child(lines: int, chunk: int) -> Tuple[float, str]:
         return estimate, note
 
 
+def stream_in_child(mib: int) -> Tuple[float, float]:
+    """(seconds, peak RSS growth in MiB) for a ``mib`` MiB message, in a fresh process."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--stream-only", str(mib)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return float(output[0]), float(output[1])
+
+
+def stream_message(mib: int) -> Tuple[float, float]:
+    import resource
+
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from imapsync.imap._protocol import IMAP4ClientProtocol
+    from imapsync.imap.session import IMAPSession
+    from imapsync.imap.uidset import UIDSet
+
+    protocol = IMAP4ClientProtocol(Clock())
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n")
+    session = IMAPSession(protocol)
+    sizes: List[int] = []
+    done = session.fetch_messages(UIDSet.parse(b"1"), lambda m: sizes.append(len(m.body)))
+    size = mib * 2**20
+    piece = (b"x" * 78 + b"\r\n") * (64 * 1024 // 80)
+    chunk = piece[: 64 * 1024]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    protocol.dataReceived(b"* 1 FETCH (UID 1 FLAGS () BODY[] {%d}\r\n" % size)
+    left = size
+    while left:
+        data = chunk[: min(left, len(chunk))]
+        protocol.dataReceived(data)
+        left -= len(data)
+    protocol.dataReceived(b")\r\n1 OK done\r\n")
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert done.called and sizes == [size], sizes
+    return elapsed, (after - before) / 1024
+
+
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__)
     arguments.add_argument("--lines", type=int, default=100_000)
+    arguments.add_argument("--stream-mib", type=int, default=50)
     arguments.add_argument("--twisted-only", nargs=2, type=int, help=argparse.SUPPRESS)
+    arguments.add_argument("--stream-only", type=int, help=argparse.SUPPRESS)
     options = arguments.parse_args()
+    if options.stream_only:
+        print(*stream_message(options.stream_only))
+        return
     if options.twisted_only:
         lines, chunk = options.twisted_only
         print(time_twisted(make_lines(lines), chunk, lines))
@@ -118,6 +172,13 @@ def main() -> None:
         print(f"{label:>6} chunks: ResponseParser {ours:6.3f} s")
         print(f"{label:>6} chunks: IMAP4Client    {theirs:6.3f} s{note}")
         print(f"{label:>6} chunks: IMAP4Client / ResponseParser = {theirs / ours:.1f}x")
+    if options.stream_mib:
+        seconds, growth = stream_in_child(options.stream_mib)
+        print(
+            f"fetch_messages, one {options.stream_mib} MiB message in 64 KiB reads: "
+            f"{seconds:.2f} s, peak RSS grew by {growth:.1f} MiB "
+            f"({growth / options.stream_mib:.2f}x the message)"
+        )
 
 
 if __name__ == "__main__":

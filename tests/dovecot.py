@@ -117,8 +117,14 @@ def _find_dovecot() -> tuple[Optional[DovecotPaths], str]:
     if imap is None:
         return None, "Dovecot's imap binary not found (is dovecot-imapd installed?)"
     setpriv = shutil.which("setpriv", path=search)
-    if os.geteuid() == 0 and setpriv is None:
-        return None, "running as root needs setpriv (util-linux) to drop privileges"
+    if os.geteuid() == 0:
+        if setpriv is None:
+            return None, "running as root needs setpriv (util-linux) to drop privileges"
+        for user in ("dovecot", "dovenull"):  # the daemon's internal and login users
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                return None, f"no {user!r} user (the dovecot-core package creates it)"
     try:
         version = (
             subprocess.run([dovecot, "--version"], capture_output=True, timeout=10, check=True)

@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import time
 import zlib
-from typing import Optional
+from typing import Callable, Optional
 from unittest import SkipTest
 
 from cryptography import x509
@@ -97,13 +97,17 @@ class StoreTests(SynchronousTestCase):
             self.assertEqual(store.log_problems(), [])
 
     def test_tunnel_greets_with_extensions(self) -> None:
-        """The tunnel command, split as our config loader does, reaches a
-        logged-in Dovecot with everything the sync engine uses."""
+        """The tunnel command, as a command= value, reaches a logged-in
+        Dovecot with everything the sync engine uses, running unprivileged."""
         argv = shlex.split(self.local.tunnel_command)
         with IMAPConnection(argv) as imap:
             self.assertEqual(imap.greeting.status, b"PREAUTH")
             self.assertEqual(_EXTENSIONS - imap.capabilities, set())
             self.assertEqual(imap.refresh_capabilities() & _EXTENSIONS, _EXTENSIONS)
+            # The tunnel execs down to imap itself: its PID is Dovecot's.
+            with open(f"/proc/{imap.pid}/status") as status:
+                uid = next(line.split()[1] for line in status if line.startswith("Uid:"))
+                self.assertNotEqual(uid, "0")
 
     def test_separators_show_in_list(self) -> None:
         for store in (self.local, self.remote):
@@ -261,8 +265,10 @@ class StoreTests(SynchronousTestCase):
         self.assertNotIn(b"QRESYNC", response)
 
 
-def _read_until(proc: subprocess.Popen[bytes], marker: bytes, decode: object) -> bytes:
-    assert proc.stdout is not None and callable(decode)
+def _read_until(
+    proc: subprocess.Popen[bytes], marker: bytes, decode: Callable[[bytes], bytes]
+) -> bytes:
+    assert proc.stdout is not None
     data = b""
     deadline = time.monotonic() + 10
     while marker not in data:
@@ -493,7 +499,7 @@ class TwistedUsageTests(TestCase):
         protocol = await connectProtocol(endpoint, _Collector())
         await protocol.until(b"\r\n").addTimeout(10, reactor)
         self.assertIn(b"QRESYNC", protocol.data)
-        protocol.transport.write(b"a STATUS INBOX (MESSAGES)\r\nb LOGOUT\r\n")  # type: ignore[union-attr]
+        protocol.transport.write(b"a STATUS INBOX (MESSAGES)\r\nb LOGOUT\r\n")
         await protocol.until(b"b OK").addTimeout(10, reactor)
         self.assertIn(b"(MESSAGES 1)", protocol.data)
         await protocol.closed.addTimeout(10, reactor)
