@@ -324,7 +324,7 @@ class DaemonTests(TestCase):
         self.pems = certs.write_pem_files(os.path.join(tmp, "pki"), self.server, self.ca)
         self.daemon = DovecotDaemon(
             os.path.join(tmp, "d"),
-            users={"alice": "s3cret pass"},
+            users={"alice": "s3cret-pass"},
             certificate=self.server.cert_pem,
             key=self.server.key_pem,
         )
@@ -348,7 +348,7 @@ class DaemonTests(TestCase):
             host="localhost",
             port=self.daemon.imap_port,
             username="alice",
-            password="s3cret pass",
+            password="s3cret-pass",
             tls=tls,
             timeout=20,
         )
