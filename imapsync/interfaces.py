@@ -34,6 +34,9 @@ class IIMAPSession(Interface):
     def when_lost() -> Deferred[BaseException]:
         """A fresh Deferred firing with the error once the connection is gone."""
 
+    def when_closed() -> Deferred[None]:
+        """A fresh Deferred firing once the connection is closed (tunnel exited)."""
+
     def take_changes() -> Any:
         """Unsolicited vanished UIDs and flag updates of the selected mailbox."""
 
@@ -116,6 +119,9 @@ class IIMAPSession(Interface):
 
     def uid_expunge(uids: Any) -> Deferred[Any]:
         """UID EXPUNGE: the UIDs that vanished."""
+
+    def uid_search(criteria: bytes) -> Deferred[Any]:
+        """UID SEARCH: the matching UIDs as a UIDSet."""
 
     def notify_set(spec: bytes) -> Deferred[None]:
         """NOTIFY SET."""

@@ -156,6 +156,11 @@ class Command:
     on_ok: Optional[Callable[[], None]] = None
     # For SELECT/EXAMINE: the mailbox, as sent.
     mailbox: Optional[bytes] = None
+    # For UID FETCH/STORE: the UIDs asked for (None: all).  A FETCH response
+    # for another UID is news from the server, not an answer.
+    uids: Optional[UIDSet] = None
+    # UID STORE .SILENT: flags in a FETCH response are someone else's change.
+    silent: bool = False
     tag: bytes = b""
     deferred: Deferred[CommandResult] = attrs.field(factory=Deferred)
     responses: List[Response] = attrs.field(factory=list)
@@ -522,7 +527,8 @@ class IMAP4ClientProtocol(Protocol):
         command = self._collector(response)
         if command is not None:
             self._deliver(command, response)
-            return
+            if not (command.silent and isinstance(response, FetchResponse)):
+                return
         if isinstance(response, FetchResponse):
             if selected is not None:
                 selected.record_fetch(response)
@@ -543,6 +549,12 @@ class IMAP4ClientProtocol(Protocol):
     def _collector(self, response: Response) -> Optional[Command]:
         for command in self._inflight.values():
             if command.collect and isinstance(response, command.collect):
+                if (
+                    command.uids is not None
+                    and isinstance(response, FetchResponse)
+                    and (response.uid is None or response.uid not in command.uids)
+                ):
+                    continue
                 return command
         return None
 

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from imapsync.imap._protocol import DEFAULT_TIMEOUT, IMAP4ClientProtocol
 from imapsync.imap.errors import ConnectionLostError, IMAPError, ProtocolError
 from imapsync.imap.session import IMAPSession
+from imapsync.imap.socks import ProxyError, ProxyURL, SOCKS5ClientEndpoint, parse_proxy_url
 from imapsync.imap.tls import ClientTLSCreator, TLSSettings
 
 log = Logger()
@@ -53,6 +54,8 @@ class ServerSettings:
     null_stderr: bool = False
     tls: Optional[TLSSettings] = None
     timeout: float = DEFAULT_TIMEOUT
+    #: ``socks5://`` or ``socks5h://[user:password@]host[:port]`` (imap, imaps).
+    proxy: Optional[str] = attrs.field(default=None, repr=False)
 
     @property
     def effective_port(self) -> int:
@@ -204,18 +207,47 @@ async def open_session(reactor: Any, settings: ServerSettings, debug: int = 0) -
         creator = ClientTLSCreator(
             settings.tls or TLSSettings(hostname=_host_for_endpoint(settings.host))
         )
+    proxy: Optional[ProxyURL] = None
+    if settings.proxy is not None:
+        if settings.type == "tunnel":
+            raise ValueError(
+                "proxy cannot be used with type=tunnel (the tunnel command makes the "
+                "connection); remove proxy, or use type=imap or type=imaps"
+            )
+        proxy = parse_proxy_url(settings.proxy)
     if settings.type == "tunnel":
         _open_tunnel(reactor, settings, protocol)
     elif settings.type in ("imap", "imaps"):
         host = _host_for_endpoint(settings.host)
-        endpoint: Any = endpoints.HostnameEndpoint(
-            reactor, host, settings.effective_port, timeout=int(settings.timeout)
-        )
+        if proxy is None:
+            endpoint: Any = endpoints.HostnameEndpoint(
+                reactor, host, settings.effective_port, timeout=int(settings.timeout)
+            )
+        else:
+            endpoint = SOCKS5ClientEndpoint(
+                endpoints.HostnameEndpoint(
+                    reactor, proxy.host, proxy.port, timeout=int(settings.timeout)
+                ),
+                host,
+                settings.effective_port,
+                proxy.username,
+                proxy.password,
+                proxy.resolve_remotely,
+                reactor=reactor,
+                timeout=settings.timeout,
+            )
         if settings.type == "imaps":
             assert creator is not None
             endpoint = endpoints.wrapClientTLS(creator, endpoint)
         try:
             await endpoints.connectProtocol(endpoint, protocol)
+        except ProxyError as e:
+            assert proxy is not None
+            raise ProxyError(
+                f"cannot connect to {settings.host}:{settings.effective_port} "
+                f"through the SOCKS5 proxy {proxy.address}: {e}",
+                code=e.code,
+            )
         except IMAPError:
             raise
         except Exception as e:

@@ -193,10 +193,11 @@ def _deferred(coro: Awaitable[T]) -> Deferred[T]:
     return Deferred.fromCoroutine(coro)  # type: ignore[arg-type]
 
 
-def _uid_chunks(uids: Union[UIDSet, bytes]) -> List[bytes]:
+def _uid_chunks(uids: Union[UIDSet, bytes]) -> List[Tuple[bytes, Optional[UIDSet]]]:
+    """Command-sized pieces of ``uids``: (wire form, set; None for a raw b"1:*")."""
     if isinstance(uids, bytes):
-        return [uids]
-    return [chunk.to_bytes() for chunk in uids.chunks(MAX_SET_BYTES)]
+        return [(uids, None)]
+    return [(chunk.to_bytes(), chunk) for chunk in uids.chunks(MAX_SET_BYTES)]
 
 
 @implementer(IIMAPSession)
@@ -596,8 +597,9 @@ class IMAPSession:
                     b"UID FETCH",
                     (chunk, b"(UID MODSEQ FLAGS)", modifier),
                     collect=(FetchResponse, VanishedResponse),
+                    uids=chunk_set,
                 )
-                for chunk in _uid_chunks(uids)
+                for chunk, chunk_set in _uid_chunks(uids)
             ]
             results = await self._send_all(commands)
             gone = UIDSet.from_iterable(())
@@ -617,8 +619,13 @@ class IMAPSession:
 
         async def run() -> Dict[int, Tuple[int, Flags]]:
             commands = [
-                Command(b"UID FETCH", (chunk, b"(UID MODSEQ FLAGS)"), collect=(FetchResponse,))
-                for chunk in _uid_chunks(uids)
+                Command(
+                    b"UID FETCH",
+                    (chunk, b"(UID MODSEQ FLAGS)"),
+                    collect=(FetchResponse,),
+                    uids=chunk_set,
+                )
+                for chunk, chunk_set in _uid_chunks(uids)
             ]
             changes: Dict[int, Tuple[int, Flags]] = {}
             for result in await self._send_all(commands):
@@ -672,8 +679,9 @@ class IMAPSession:
                     (chunk, items),
                     collect=(FetchResponse,),
                     on_response=on_response,
+                    uids=chunk_set,
                 )
-                for chunk in _uid_chunks(uids)
+                for chunk, chunk_set in _uid_chunks(uids)
             ]
             await self._send_all(commands)
             return count[0]
@@ -747,8 +755,14 @@ class IMAPSession:
                 head = (b"(UNCHANGEDSINCE %d)" % unchangedsince,)
             value = flag_list(flags)
             commands = [
-                Command(b"UID STORE", (chunk, *head, item, value), collect=(FetchResponse,))
-                for chunk in _uid_chunks(uids)
+                Command(
+                    b"UID STORE",
+                    (chunk, *head, item, value),
+                    collect=(FetchResponse,),
+                    uids=chunk_set,
+                    silent=silent,
+                )
+                for chunk, chunk_set in _uid_chunks(uids)
             ]
             modified = UIDSet.from_iterable(())
             modseqs: Dict[int, int] = {}
@@ -778,7 +792,7 @@ class IMAPSession:
             self.require([b"UIDPLUS"])
             commands = [
                 Command(b"UID EXPUNGE", (chunk,), collect=(VanishedResponse,))
-                for chunk in _uid_chunks(uids)
+                for chunk, _ in _uid_chunks(uids)
             ]
             gone = UIDSet.from_iterable(())
             for result in await self._send_all(commands):
@@ -790,20 +804,28 @@ class IMAPSession:
         return _deferred(run())
 
     def uid_search(self, criteria: bytes) -> Deferred[UIDSet]:
-        """UID SEARCH RETURN (ALL) criteria (ESEARCH, RFC 4731)."""
+        """UID SEARCH ``criteria``: the matching UIDs (ESEARCH when offered)."""
 
         async def run() -> UIDSet:
-            self.require([b"ESEARCH"])
-            result = await self._send(
-                b"UID SEARCH", b"RETURN (ALL)", criteria, collect=(ESearchResponse,)
-            )
             found = UIDSet.from_iterable(())
+            if self.has_capability(b"ESEARCH"):
+                result = await self._send(
+                    b"UID SEARCH", b"RETURN (ALL)", criteria, collect=(ESearchResponse,)
+                )
+                for response in result.responses:
+                    if isinstance(response, ESearchResponse):
+                        value = response.items.get(b"ALL")
+                        if isinstance(value, UIDSet):
+                            found = found | value
+                return found
+            result = await self._send(b"UID SEARCH", criteria, collect=(UntaggedResponse,))
+            numbers: List[int] = []
             for response in result.responses:
-                if isinstance(response, ESearchResponse):
-                    value = response.items.get(b"ALL")
-                    if isinstance(value, UIDSet):
-                        found = found | value
-            return found
+                if isinstance(response, UntaggedResponse) and response.name == b"SEARCH":
+                    for arg in response.args:
+                        if isinstance(arg, bytes) and arg.isdigit():
+                            numbers.append(int(arg))
+            return UIDSet.from_iterable(numbers)
 
         return _deferred(run())
 

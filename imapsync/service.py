@@ -1,0 +1,149 @@
+# -*- test-case-name: tests.test_main -*-
+"""Running imapsync: logging set-up, the database lock, one run of a command.
+
+Shared by the console script (`imapsync.scripts.main`) and twistd
+(`imapsync.tap`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List
+
+from twisted.logger import Logger, globalLogBeginner
+
+from imapsync.config import Config
+from imapsync.engine.commands import CommandError, delete, rename
+from imapsync.engine.listing import SideSpec
+from imapsync.engine.mailbox import SyncError, gather
+from imapsync.engine.report import Reporter
+from imapsync.engine.sync import Synchronizer, SyncOptions
+from imapsync.imap.connect import open_session
+from imapsync.imap.errors import IMAPError
+from imapsync.interfaces import IIMAPSession
+from imapsync.options import Options
+from imapsync.output import LineObserver, open_logfile
+from imapsync.state import DatabaseError, StateStore
+
+log = Logger(namespace="imapsync")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NO_INPUT = 2
+
+
+def start_logging(config: Config, options: Options) -> LineObserver:
+    """Send log events to stderr (and the logfile) as imapsync lines."""
+    logfile = open_logfile(config.logfile) if config.logfile else None
+    observer = LineObserver(
+        sys.stderr,
+        logfile,
+        prefix=config.log_prefix,
+        quiet=options.quiet,
+        debug=options.debug,
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    return observer
+
+
+class _Sessions:
+    """Open connections by side name; close them all at the end."""
+
+    def __init__(self, reactor: Any, config: Config, debug: int) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.debug = debug
+        self.opened: List[IIMAPSession] = []
+
+    async def open(self, side: str) -> IIMAPSession:
+        settings = getattr(self.config, side).server
+        session = await open_session(self.reactor, settings, debug=self.debug)
+        self.opened.append(session)
+        return session
+
+    async def close(self, reporter: Reporter) -> None:
+        by_side: Dict[str, List[int]] = {}
+        for session in self.opened:
+            protocol = getattr(session, "protocol", None)
+            if protocol is not None:
+                totals = by_side.setdefault(session.name, [0, 0])
+                totals[0] += protocol.bytes_received
+                totals[1] += protocol.bytes_sent
+        await gather(*(s.logout() for s in self.opened))
+        for session in self.opened:
+            closed = session.when_closed()
+            closed.addTimeout(15, self.reactor)
+            try:
+                await closed
+            except Exception:
+                pass
+        for side in ("local", "remote"):
+            if side in by_side:
+                reporter.summary(side, *by_side[side])
+
+
+async def run_once(reactor: Any, config: Config, options: Options) -> int:
+    """Run the command given by ``options`` once; return the exit status."""
+    for warning in config.warnings:
+        log.warn("WARNING: {text}", text=warning)
+    try:
+        store = StateStore.open(config.database)
+    except DatabaseError as e:
+        log.error("ERROR: {text}", text=str(e))
+        return EXIT_NO_INPUT
+    reporter = Reporter()
+    sessions = _Sessions(reactor, config, options.debug)
+    status = EXIT_OK
+    try:
+        if options.command in ("sync", "repair"):
+            failed = await _sync(config, options, store, reporter, sessions)
+            status = EXIT_ERROR if failed else EXIT_OK
+        else:
+            await _command(config, options, store, reporter, sessions)
+    except (IMAPError, SyncError, CommandError, ValueError) as e:
+        reporter.error(None, None, str(e))
+        status = EXIT_ERROR
+    finally:
+        await sessions.close(reporter)
+        store.close()
+    return status
+
+
+async def _sync(
+    config: Config, options: Options, store: StateStore, reporter: Reporter, sessions: _Sessions
+) -> int:
+    if options.mailboxes:
+        patterns, local_form = list(options.mailboxes), True
+    else:
+        patterns, local_form = list(config.list_mailbox) or [b"*"], False
+    synchronizer = Synchronizer(
+        store,
+        reporter,
+        sessions.open,
+        SyncOptions(
+            patterns=patterns,
+            local_form=local_form,
+            local_reference=config.local.list_reference,
+            remote_reference=config.remote.list_reference,
+            select_opts=tuple(config.list_select_opts),
+            ignore=config.ignore_mailbox,
+            repair=options.command == "repair",
+        ),
+    )
+    return await synchronizer.run()
+
+
+async def _command(
+    config: Config, options: Options, store: StateStore, reporter: Reporter, sessions: _Sessions
+) -> None:
+    local, remote = await gather(sessions.open("local"), sessions.open("remote"))
+    sides = {
+        "local": SideSpec("local", local, config.local.list_reference),
+        "remote": SideSpec("remote", remote, config.remote.list_reference),
+    }
+    targets = frozenset(options.targets)
+    if options.command == "delete":
+        await delete(options.mailboxes, targets, sides, store, reporter)
+    else:
+        source, destination = options.mailboxes
+        await rename(source, destination, targets, sides, store, reporter)
