@@ -34,7 +34,9 @@ system-deps:
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	# compat: the repository root goes on sys.path, so twistd finds
+	# twisted/plugins/imapsync_plugin.py from anywhere.
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 lint: deps

@@ -8,8 +8,10 @@ Shared by the console script (`imapsync.scripts.main`) and twistd
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogBeginner
 
 from imapsync.config import Config
@@ -147,3 +149,33 @@ async def _command(
     else:
         source, destination = options.mailboxes
         await rename(source, destination, targets, sides, store, reporter)
+
+
+class SyncService(Service):
+    """imapsync as a Twisted service (``twistd imapsync``).
+
+    It runs the command given on the command line; with ``--oneshot`` (or
+    a command) the reactor stops once it is done.
+    """
+
+    name = "imapsync"
+
+    def __init__(self, reactor: Any, config: Config, options: Options) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.options = options
+        self.exit_status: Optional[int] = None
+        self._running: Optional[Deferred[None]] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._running = Deferred.fromCoroutine(self._run())
+
+    async def _run(self) -> None:
+        try:
+            self.exit_status = await run_once(self.reactor, self.config, self.options)
+        except Exception:
+            log.failure("imapsync failed")
+            self.exit_status = EXIT_ERROR
+        if self.reactor.running:
+            self.reactor.stop()

@@ -1,0 +1,25 @@
+# -*- test-case-name: tests.test_tap -*-
+"""``twistd imapsync``: build the service from the shared command line.
+
+twistd always exits 0, so the packaged systemd units run the ``imapsync``
+console script instead, which reports failures through its exit status.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+
+from imapsync.options import Options
+
+__all__ = ["Options", "makeService"]
+
+
+def makeService(options: Options) -> IService:
+    """The `SyncService` for ``options`` (config loaded now: errors stop twistd)."""
+    from twisted.internet import reactor
+
+    from imapsync.config import load_config
+    from imapsync.service import SyncService
+
+    config = load_config(options.config_path)
+    return SyncService(reactor, config, options)
