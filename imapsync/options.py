@@ -143,8 +143,7 @@ class Options(usage.Options):
         return "\n  or: ".join(f"{program} {form}" for form in _FORMS)
 
     def opt_debug(self) -> None:
-        """Log IMAP traffic (without literal bodies); LOGIN and AUTHENTICATE
-        are redacted unless given twice."""
+        """Log IMAP traffic (no message bodies); credentials only if given twice."""
         self["debug"] += 1
 
     def opt_target(self, targets: str) -> None:

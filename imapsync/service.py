@@ -168,7 +168,7 @@ class SyncService(Service):
         self._running: Optional[Deferred[None]] = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._running = Deferred.fromCoroutine(self._run())
 
     async def _run(self) -> None:

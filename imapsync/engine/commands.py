@@ -16,7 +16,7 @@ from imapsync.engine.names import DB_DELIMITER, Namespace, display
 from imapsync.engine.report import Reporter
 from imapsync.imap.errors import IMAPError
 from imapsync.interfaces import IIMAPSession
-from imapsync.state import StateStore
+from imapsync.state import MailboxExistsError, StateStore
 
 TARGETS = frozenset({"local", "remote", "database"})
 
@@ -128,9 +128,17 @@ async def rename(
             raise CommandError(f"cannot rename {display(old)} to {display(new)} on {side}: {e}")
         reporter.info(side, None, f"Renamed mailbox {display(old)} to {display(new)}")
     if "database" in targets:
-        if store.mailbox(old) is None:
-            reporter.warn("database", None, f"mailbox {display(old)} is not in the database")
+        try:
+            with store.transaction():
+                moved = store.rename_mailbox(old, new)
+        except MailboxExistsError as e:
+            raise CommandError(
+                f"mailbox {display(e.name)} exists in the database. Run `imapsync "
+                f"--target=database --delete {display(e.name)}` to delete it first"
+            )
+        if not moved:
+            reporter.warn(
+                "database", None, f"mailbox {display(old)} is not in the database (nor below it)"
+            )
             return
-        with store.transaction():
-            store.rename_mailbox(old, new)
         reporter.info("database", None, f"Renamed mailbox {display(old)} to {display(new)}")

@@ -50,9 +50,15 @@ class TLSConfigError(ValueError):
 class TLSSettings:
     """What to require of the server's TLS, as configured for one side.
 
-    ``sni`` is SSL_hostname: C{None} means "the host name", the empty string
-    means "send no SNI"; a non-empty value is also the name the certificate
-    is checked against. ``fingerprints`` holds raw ``[ALGO$]HEX`` strings.
+    The certificate is always checked against ``hostname`` (a DNS name or
+    an IP literal), as interimap checks it against C{host}. ``sni`` is
+    SSL_hostname and only changes the name sent as SNI: C{None} means "the
+    host name" (nothing for an IP literal), the empty string means "send no
+    SNI", and an IP literal sends none either (RFC 6066 allows only DNS
+    names). ``ciphersuites`` is SSL_ciphersuites: the empty string disables
+    every TLS 1.3 suite, as in interimap, and so TLS 1.3 itself (the highest
+    version is capped at TLS 1.2). ``fingerprints`` holds raw ``[ALGO$]HEX``
+    strings.
     """
 
     hostname: str
@@ -218,26 +224,43 @@ def _dns_ascii(name: str) -> str:
 
 
 def _build_context(settings: TLSSettings) -> SSL.Context:
+    # Nothing here may create an SSL.Connection from this context: that
+    # freezes it, and pyOpenSSL >= 26 then refuses any further setting.
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     context.set_options(SSL.OP_NO_COMPRESSION)
-    versions = {}
-    for key, value, setter in (
-        ("SSL_protocol_min", settings.protocol_min, context.set_min_proto_version),
-        ("SSL_protocol_max", settings.protocol_max, context.set_max_proto_version),
-    ):
-        if value is not None:
-            versions[key] = _protocol_version(value, key)
-            try:
-                setter(versions[key])
-            except SSL.Error:
-                # e.g. SSLv3 with OpenSSL 4, which dropped it
-                raise TLSConfigError(f"{key} {value!r} is not supported by {_openssl_version()}")
-    low, high = versions.get("SSL_protocol_min"), versions.get("SSL_protocol_max")
+    low = _optional_version(settings.protocol_min, "SSL_protocol_min")
+    high = _optional_version(settings.protocol_max, "SSL_protocol_max")
     if low is not None and high is not None and low > high:
         raise TLSConfigError(
             f"SSL_protocol_min {settings.protocol_min!r} is above"
             f" SSL_protocol_max {settings.protocol_max!r}"
         )
+    if settings.ciphersuites == "":
+        # interimap hands an empty SSL_ciphersuites to SSL_CTX_set_ciphersuites(),
+        # which disables every TLS 1.3 suite ("an empty list is permissible").
+        # An OpenSSL client then refuses to start a handshake whose highest
+        # version is TLS 1.3 ("no ciphers available"): interimap connects
+        # only if SSL_protocol_max is also TLSv1.2 or lower. We give the same
+        # result -- no TLS 1.3 -- by capping the highest version at TLS 1.2,
+        # which works without SSL_protocol_max too, and on pyOpenSSL without
+        # set_tls13_ciphersuites. A floor of TLS 1.3 can then never connect.
+        if low is not None and low > SSL.TLS1_2_VERSION:
+            raise TLSConfigError(
+                "SSL_ciphersuites is empty, which disables TLS 1.3, the only"
+                f" protocol SSL_protocol_min {settings.protocol_min!r} allows"
+            )
+        if high is None or high > SSL.TLS1_2_VERSION:
+            high = SSL.TLS1_2_VERSION
+    for key, value, version, setter in (
+        ("SSL_protocol_min", settings.protocol_min, low, context.set_min_proto_version),
+        ("SSL_protocol_max", settings.protocol_max, high, context.set_max_proto_version),
+    ):
+        if version is not None:
+            try:
+                setter(version)
+            except SSL.Error:
+                # e.g. SSLv3 with OpenSSL 4, which dropped it
+                raise TLSConfigError(f"{key} {value!r} is not supported by {_openssl_version()}")
     if settings.cipherlist is not None:
         # Anonymous suites would skip the certificate, and so every check.
         cipherlist = settings.cipherlist + ":!aNULL"
@@ -248,11 +271,15 @@ def _build_context(settings: TLSSettings) -> SSL.Context:
                 f"invalid SSL_cipherlist {settings.cipherlist!r}: OpenSSL matches no"
                 " authenticated cipher (see ciphers(1ssl))"
             )
-    if settings.ciphersuites is not None:
+    if settings.ciphersuites:
         _set_ciphersuites(context, settings.ciphersuites)
     if settings.verify:
         _load_trust(context, settings.cafile, settings.capath)
     return context
+
+
+def _optional_version(value: Optional[str], key: str) -> Optional[int]:
+    return None if value is None else _protocol_version(value, key)
 
 
 def _openssl_version() -> str:
@@ -261,20 +288,23 @@ def _openssl_version() -> str:
 
 def _set_ciphersuites(context: SSL.Context, ciphersuites: str) -> None:
     # pyOpenSSL >= 25.2 only; so the setting fails at start-up on older ones.
-    setter = getattr(context, "set_tls13_ciphersuites", None)
+    setter = getattr(SSL.Context, "set_tls13_ciphersuites", None)
     if setter is None:
         raise TLSConfigError(
             "SSL_ciphersuites needs pyOpenSSL 25.2 or later"
             f" (this is pyOpenSSL {OpenSSL.__version__})"
         )
+    # OpenSSL skips unknown suite names silently: check that each one is in
+    # effect. Only a connection lists them, and creating one freezes its
+    # context, so the check uses a throwaway context with the same suites.
+    probe = SSL.Context(SSL.TLS_CLIENT_METHOD)
     try:
-        setter(ciphersuites.encode("ascii"))
+        for target in (context, probe):
+            setter(target, ciphersuites.encode("ascii"))
     except (SSL.Error, UnicodeEncodeError):
         raise TLSConfigError(f"invalid SSL_ciphersuites {ciphersuites!r}")
-    # OpenSSL skips unknown suite names silently: check that each one is in
-    # effect (probing freezes the context, which is complete by now).
-    enabled = set(SSL.Connection(context, None).get_cipher_list())
-    unknown = [name for name in ciphersuites.split(":") if name not in enabled]
+    enabled = set(SSL.Connection(probe, None).get_cipher_list())
+    unknown = [name for name in ciphersuites.split(":") if name and name not in enabled]
     if unknown:
         raise TLSConfigError(
             f"invalid SSL_ciphersuites {ciphersuites!r}: unknown TLS 1.3 suite(s)"
@@ -315,14 +345,18 @@ class ClientTLSCreator:
     def __init__(self, settings: TLSSettings) -> None:
         self.settings = settings
         self._pins = tuple(parse_fingerprint(text) for text in settings.fingerprints)
-        name = settings.sni or settings.hostname
-        if not name.strip():
+        if not settings.hostname.strip():
             raise TLSConfigError("no host name to check the server certificate against")
-        self._ip = _ip_literal(name)
-        self._name = self._ip if self._ip is not None else _dns_ascii(name)
-        self._sni: Optional[bytes] = None
-        if settings.sni != "" and self._ip is None:
-            self._sni = self._name.encode("ascii")
+        # As interimap: the certificate is checked against the host, and
+        # SSL_hostname is only what is sent as SNI.
+        self._ip = _ip_literal(settings.hostname)
+        self._name = self._ip if self._ip is not None else _dns_ascii(settings.hostname)
+        sni: Optional[str] = None
+        if settings.sni is None:
+            sni = None if self._ip is not None else self._name
+        elif settings.sni.strip() and _ip_literal(settings.sni) is None:
+            sni = _dns_ascii(settings.sni)
+        self._sni = None if sni is None else sni.encode("ascii")
         self._context = _build_context(settings)
 
     def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
