@@ -582,10 +582,16 @@ class TLSKeyTests(ConfigFileTestCase):
         assert tls is not None
         self.assertEqual(tls.ciphersuites, "TLS_AES_128_GCM_SHA256")
 
-    test_ciphersuites_with_verification.todo = (  # type: ignore[attr-defined]
-        "imapsync.imap.tls._build_context probes the suites (freezing the context)"
-        " before loading the trust store: pyOpenSSL 26 refuses, with ValueError"
-    )
+    def test_empty_ciphersuites(self) -> None:
+        """Accepted, as by interimap: no TLS 1.3 suites, so no TLS 1.3."""
+        tls = self.load(MINIMAL + "SSL_ciphersuites =\n").remote.server.tls
+        assert tls is not None
+        self.assertEqual(tls.ciphersuites, "")
+        self.load_error(
+            MINIMAL + "SSL_protocol_min = TLSv1.3\nSSL_ciphersuites =\n",
+            7,
+            "SSL_ciphersuites is empty, which disables TLS 1.3",
+        )
 
     def test_cafile(self) -> None:
         missing = os.path.join(self.home, "missing.pem")

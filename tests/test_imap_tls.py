@@ -274,16 +274,37 @@ class VerificationTests(_TLSTestCase):
             TLSVerificationError,
         )
 
-    def test_ssl_hostname_is_checked(self) -> None:
-        """SSL_hostname is the name both sent as SNI and checked."""
+    def test_ssl_hostname_is_not_checked(self) -> None:
+        """As in interimap, the certificate is checked against the host;
+        SSL_hostname is only sent as SNI."""
+        server = _Server(self.c.server)
         result = self.handshake(
-            self.c.server, hostname="127.0.0.1", sni=HOST, cafile=self.cafile()
+            self.c.server, server, sni="other.example.org", cafile=self.cafile()
         )
         self.assertConnected(result)
-        self.assertRefused(
-            self.handshake(self.c.server, sni="other.example.org", cafile=self.cafile()),
+        self.assertEqual(server.server_names, [b"other.example.org"])
+        message = self.assertRefused(
+            self.handshake(self.c.server, hostname="127.0.0.1", sni=HOST, cafile=self.cafile()),
             TLSVerificationError,
         )
+        self.assertEqual(
+            message, "certificate does not match hostname 127.0.0.1: it is for imap.example.org"
+        )
+        message = self.assertRefused(
+            self.handshake(self.c.other_host, sni="other.example.org", cafile=self.cafile()),
+            TLSVerificationError,
+        )
+        self.assertIn("certificate does not match hostname imap.example.org:", message)
+
+    def test_ssl_hostname_with_ip_host(self) -> None:
+        """An IP host is checked against the certificate's IP addresses,
+        whatever SNI is sent."""
+        server = _Server(self.c.ip)
+        result = self.handshake(
+            self.c.ip, server, hostname="127.0.0.1", sni=HOST, cafile=self.cafile()
+        )
+        self.assertConnected(result)
+        self.assertEqual(server.server_names, [HOST.encode("ascii")])
 
     def test_cn_only_certificate(self) -> None:
         """service-identity >= 24.1 requires a subjectAltName; older ones
@@ -447,16 +468,33 @@ class ServerNameIndicationTests(_TLSTestCase):
             [b"xn--bcher-kva.example"],
         )
 
+    def test_international_ssl_hostname(self) -> None:
+        self.assertEqual(
+            self.server_names(self.c.server, sni="Bücher.example."),
+            [b"xn--bcher-kva.example"],
+        )
+
     def test_none_for_ip_literals(self) -> None:
         for address in ("127.0.0.1", "::1", "[::1]", "fe80::1%eth0"):
             self.assertEqual(self.server_names(self.c.ip, hostname=address), [None])
-        self.assertEqual(self.server_names(self.c.ip, sni="127.0.0.1"), [None])
+            self.assertEqual(self.server_names(self.c.server, sni=address), [None])
 
     def test_none_when_empty(self) -> None:
         self.assertEqual(self.server_names(self.c.server, sni=""), [None])
 
     def test_empty_ssl_hostname_still_checks_host(self) -> None:
         self.assertConnected(self.handshake(self.c.server, sni="", cafile=self.cafile()))
+        self.assertRefused(
+            self.handshake(self.c.other_host, sni="", cafile=self.cafile()),
+            TLSVerificationError,
+        )
+
+    def test_ip_literal_ssl_hostname_still_checks_host(self) -> None:
+        self.assertConnected(self.handshake(self.c.server, sni="127.0.0.1", cafile=self.cafile()))
+        self.assertRefused(
+            self.handshake(self.c.ip, sni="127.0.0.1", cafile=self.cafile()),
+            TLSVerificationError,
+        )
 
 
 class ProtocolAndCipherTests(_TLSTestCase):
@@ -500,6 +538,40 @@ class ProtocolAndCipherTests(_TLSTestCase):
         result = self.handshake(self.c.server, verify=False, ciphersuites=suite)
         self.assertConnected(result)
         self.assertEqual(result.connection.get_cipher_name(), suite)
+
+    def test_ciphersuites_with_verification(self) -> None:
+        """The suites are checked without freezing the context, which still
+        needs its trust store (pyOpenSSL 26 refuses to change a used context)."""
+        if not _has_tls13_ciphersuites():
+            raise self.skipTest("set_tls13_ciphersuites needs pyOpenSSL 25.2")
+        suites = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
+        creator = ClientTLSCreator(
+            TLSSettings(hostname=HOST, cafile=self.cafile(), ciphersuites=suites)
+        )
+        for _ in range(2):
+            result = _Handshake(creator, _Server(self.c.server))
+            self.assertConnected(result)
+            self.assertEqual(result.connection.get_protocol_version_name(), "TLSv1.3")
+            self.assertEqual(result.connection.get_cipher_name(), "TLS_AES_256_GCM_SHA384")
+        # ... and a verification failure is still a verification failure.
+        message = self.assertRefused(
+            self.handshake(self.c.foreign, cafile=self.cafile(), ciphersuites=suites),
+            TLSVerificationError,
+        )
+        self.assertIn("unable to get local issuer certificate", message)
+
+    def test_empty_ciphersuites(self) -> None:
+        """An empty SSL_ciphersuites disables the TLS 1.3 suites, as in
+        interimap, and so TLS 1.3: this works with any pyOpenSSL."""
+        for settings in (
+            {"verify": False},
+            {"verify": False, "protocol_max": "TLSv1.3"},
+            {"verify": False, "protocol_min": "TLSv1.2"},
+            {"cafile": self.cafile()},
+        ):
+            result = self.handshake(self.c.server, ciphersuites="", **settings)
+            self.assertConnected(result)
+            self.assertEqual(result.connection.get_protocol_version_name(), "TLSv1.2")
 
 
 class ConfigErrorTests(_TLSTestCase):
@@ -558,6 +630,17 @@ class ConfigErrorTests(_TLSTestCase):
             self.assertConfigError(
                 "SSL_ciphersuites needs pyOpenSSL 25.2", ciphersuites="TLS_AES_128_GCM_SHA256"
             )
+
+    def test_empty_ciphersuites_with_tls13_floor(self) -> None:
+        self.assertConfigError(
+            "SSL_ciphersuites is empty, which disables TLS 1.3, the only protocol"
+            " SSL_protocol_min 'TLSv1.3' allows",
+            ciphersuites="",
+            protocol_min="TLSv1.3",
+        )
+
+    def test_bad_ssl_hostname(self) -> None:
+        self.assertConfigError("invalid host name 'bü..cher'", sni="bü..cher")
 
     def test_bad_fingerprint(self) -> None:
         self.assertConfigError("invalid SSL_fingerprint 'md4$00'", fingerprints=("md4$00",))
