@@ -26,12 +26,14 @@ from imapsync.interfaces import IIMAPSession
 from imapsync.options import Options
 from imapsync.output import LineObserver, open_logfile
 from imapsync.state import DatabaseError, StateStore
+from imapsync.watch import IDLE_NOOP
 
 log = Logger(namespace="imapsync")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NO_INPUT = 2
+EXIT_TEMPFAIL = 75
 
 
 def start_logging(config: Config, options: Options) -> LineObserver:
@@ -85,7 +87,12 @@ class _Sessions:
 
 
 async def run_once(reactor: Any, config: Config, options: Options) -> int:
-    """Run the command given by ``options`` once; return the exit status."""
+    """Run the command given by ``options``; return the exit status.
+
+    Without ``--oneshot`` this follows changes until SIGTERM/SIGINT (exit
+    0).  Those signals make it stop at the next safe point: never between
+    an APPEND and its database commit.
+    """
     for warning in config.warnings:
         log.warn("WARNING: {text}", text=warning)
     try:
@@ -94,45 +101,136 @@ async def run_once(reactor: Any, config: Config, options: Options) -> int:
         log.error("ERROR: {text}", text=str(e))
         return EXIT_NO_INPUT
     reporter = Reporter()
-    sessions = _Sessions(reactor, config, options.debug)
-    status = EXIT_OK
+    stop = _StopRequest(reactor)
     try:
-        if options.command in ("sync", "repair"):
-            failed = await _sync(config, options, store, reporter, sessions)
-            status = EXIT_ERROR if failed else EXIT_OK
-        else:
-            await _command(config, options, store, reporter, sessions)
-    except (IMAPError, SyncError, CommandError, ValueError) as e:
-        reporter.error(None, None, str(e))
-        status = EXIT_ERROR
+        if options.command in ("sync", "repair") and not options.oneshot:
+            return await _watch(reactor, config, options, store, reporter, stop)
+        sessions = _Sessions(reactor, config, options.debug)
+        status = EXIT_OK
+        try:
+            if options.command in ("sync", "repair"):
+                failed = await _sync(config, options, store, reporter, sessions, stop)
+                status = EXIT_ERROR if failed else EXIT_OK
+            else:
+                await _command(config, options, store, reporter, sessions)
+        except (IMAPError, SyncError, CommandError, ValueError) as e:
+            reporter.error(None, None, str(e))
+            status = EXIT_ERROR
+        finally:
+            await sessions.close(reporter)
+        return status
     finally:
-        await sessions.close(reporter)
         store.close()
-    return status
+        stop.done()
 
 
-async def _sync(
-    config: Config, options: Options, store: StateStore, reporter: Reporter, sessions: _Sessions
-) -> int:
+class _StopRequest:
+    """SIGTERM/SIGINT (reactor shutdown) asks the run to stop at a safe point;
+    the shutdown waits until it has."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.requested = False
+        self.callbacks: List[Any] = []
+        self._finished: Deferred[None] = Deferred()
+        self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+        self._reactor = reactor
+
+    def _shutdown(self) -> Deferred[None]:
+        if not self.requested:
+            self.requested = True
+            log.info("stopping at the next safe point")
+            for callback in self.callbacks:
+                callback()
+        d: Deferred[None] = Deferred()
+        self._finished.addBoth(lambda _: d.callback(None))
+        return d
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def done(self) -> None:
+        if not self._finished.called:
+            self._finished.callback(None)
+
+
+def _sync_options(config: Config, options: Options) -> SyncOptions:
     if options.mailboxes:
         patterns, local_form = list(options.mailboxes), True
     else:
         patterns, local_form = list(config.list_mailbox) or [b"*"], False
+    return SyncOptions(
+        patterns=patterns,
+        local_form=local_form,
+        local_reference=config.local.list_reference,
+        remote_reference=config.remote.list_reference,
+        select_opts=tuple(config.list_select_opts),
+        ignore=config.ignore_mailbox,
+        repair=options.command == "repair",
+    )
+
+
+async def _sync(
+    config: Config,
+    options: Options,
+    store: StateStore,
+    reporter: Reporter,
+    sessions: _Sessions,
+    stop: _StopRequest,
+) -> int:
     synchronizer = Synchronizer(
-        store,
-        reporter,
-        sessions.open,
-        SyncOptions(
-            patterns=patterns,
-            local_form=local_form,
-            local_reference=config.local.list_reference,
-            remote_reference=config.remote.list_reference,
-            select_opts=tuple(config.list_select_opts),
-            ignore=config.ignore_mailbox,
-            repair=options.command == "repair",
-        ),
+        store, reporter, sessions.open, _sync_options(config, options), should_stop=stop
     )
     return await synchronizer.run()
+
+
+async def _watch(
+    reactor: Any,
+    config: Config,
+    options: Options,
+    store: StateStore,
+    reporter: Reporter,
+    stop: _StopRequest,
+) -> int:
+    from imapsync.watch import FatalWatchError, TemporaryWatchError, Watcher
+
+    async def open_side(side: str) -> IIMAPSession:
+        return await open_session(reactor, getattr(config, side).server, debug=options.debug)
+
+    watcher = Watcher(
+        reactor,
+        store,
+        reporter,
+        open_side,
+        _sync_options(config, options),
+        # --notify: --watch is the NOOP interval; else the polling period.
+        poll=None if options.notify or options.watch is None else float(options.watch),
+        idle_noop=float(options.watch) if options.notify and options.watch else IDLE_NOOP,
+    )
+    stop.callbacks.append(watcher.stop)
+    _on_sighup(reactor, watcher.sync_now)
+    try:
+        await watcher.run()
+    except FatalWatchError as e:
+        reporter.error(None, None, str(e))
+        return EXIT_ERROR
+    except TemporaryWatchError as e:
+        reporter.error(None, None, f"{e} (exit status {EXIT_TEMPFAIL}: try again later)")
+        return EXIT_TEMPFAIL
+    return EXIT_OK
+
+
+def _on_sighup(reactor: Any, callback: Any) -> None:
+    """SIGHUP: sync now."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(callback)
+
+    try:
+        signal.signal(signal.SIGHUP, handler)
+    except ValueError:
+        # Not the main thread (tests): no signal handling.
+        pass
 
 
 async def _command(

@@ -10,7 +10,7 @@ propagated.  The stored values only move forward once that is true.
 from __future__ import annotations
 
 import hashlib
-from typing import Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+from typing import Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
@@ -42,6 +42,10 @@ BATCHES_IN_FLIGHT = 2
 
 class SyncError(Exception):
     """This mailbox cannot be synchronized; nothing unsafe was done."""
+
+
+class StopRequested(Exception):
+    """A stop was asked for: the mailbox was left at a safe point."""
 
 
 def _first_error(failure: Failure) -> Failure:
@@ -91,6 +95,9 @@ class MailboxSynchronizer:
     # Repair mode: compare every UID and flag, not just what changed.
     repair: bool = False
     should_stop: Callable[[], bool] = lambda: False
+    # Messages this run appended, by target side: UID -> flags given.  The
+    # server reports them back as changes; those are not news.
+    _echo: Dict[str, Dict[int, Flags]] = attrs.field(factory=lambda: {"local": {}, "remote": {}})
 
     async def run(self) -> None:
         local_sel, remote_sel = await gather(self._select(self.local), self._select(self.remote))
@@ -113,6 +120,9 @@ class MailboxSynchronizer:
         )
         await self._adopt_journal()
         while True:
+            if self.should_stop():
+                # Nothing is half done here; the next run carries on.
+                raise StopRequested()
             await self._propagate(changes[0], changes[1])
             (local_status, remote_status) = await gather(
                 self._status(self.local), self._status(self.remote)
@@ -120,8 +130,8 @@ class MailboxSynchronizer:
             local_changes = self.local.session.take_changes()
             remote_changes = self.remote.session.take_changes()
             changes = (
-                (local_changes.vanished, dict(local_changes.changes)),
-                (remote_changes.vanished, dict(remote_changes.changes)),
+                (local_changes.vanished, self._news(self.local, local_changes.changes)),
+                (remote_changes.vanished, self._news(self.remote, remote_changes.changes)),
             )
             new_local, new_remote = await gather(
                 self._new_uids(self.local, local_status[0]),
@@ -145,6 +155,15 @@ class MailboxSynchronizer:
                     uidnext=uidnext,
                     highestmodseq=modseq,
                 )
+
+    def _news(self, side: Side, changes: Mapping[int, Tuple[int, Flags]]) -> Changes:
+        """``changes`` less the echo of our own APPENDs."""
+        appended = self._echo[side.name]
+        return {
+            uid: change
+            for uid, change in changes.items()
+            if uid not in appended or not _same(appended[uid], change[1])
+        }
 
     # -- selecting --------------------------------------------------------
 
@@ -366,6 +385,10 @@ class MailboxSynchronizer:
         def sink(message: FetchedMessage) -> Optional[Deferred[None]]:
             if errors:
                 return None
+            if self.should_stop():
+                # Let the FETCH end without storing more; committed batches stay.
+                errors.append(StopRequested())
+                return None
             batch.append(message)
             batch_bytes[0] += len(message.body)
             if len(batch) >= BATCH_MESSAGES or batch_bytes[0] >= BATCH_BYTES:
@@ -395,6 +418,9 @@ class MailboxSynchronizer:
         with self.store.transaction():
             self.store.add_mappings(self.idx, pairs)
             self.store.journal_remove(self.idx, target.name, [m.uid for m in messages])
+        appended = self._echo[target.name]
+        for message, uid in zip(messages, uids, strict=True):
+            appended[uid] = message.flags
         self.reporter.added(
             target.name,
             self.name,

@@ -12,13 +12,13 @@ per user (Dovecot's default is 10 per user and address).
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, List, Optional, Pattern, Sequence
+from typing import Awaitable, Callable, List, Optional, Pattern, Sequence, Tuple
 
 import attrs
 from twisted.logger import Logger
 
 from imapsync.engine.listing import Listing, MailboxPlan, SideSpec, plan
-from imapsync.engine.mailbox import MailboxSynchronizer, Side, SyncError, gather
+from imapsync.engine.mailbox import MailboxSynchronizer, Side, StopRequested, SyncError, gather
 from imapsync.engine.names import display
 from imapsync.engine.report import Reporter
 from imapsync.imap.errors import IMAPError
@@ -68,15 +68,32 @@ class Synchronizer:
     options: SyncOptions = SyncOptions()
     should_stop: Callable[[], bool] = lambda: False
     sessions: List[IIMAPSession] = attrs.field(factory=list)
+    # Connections opened for extra workers (closed after each pass).
+    extra: List[IIMAPSession] = attrs.field(factory=list)
 
     async def _open(self, side: str) -> IIMAPSession:
         session = await self.open_session(side)
         self.sessions.append(session)
         return await prepare_session(session)
 
-    async def run(self) -> int:
-        """Synchronize; return the number of mailboxes that failed."""
-        local, remote = await gather(self._open("local"), self._open("remote"))
+    async def run(self, primary: Optional[Tuple[IIMAPSession, IIMAPSession]] = None) -> int:
+        """Synchronize; return the number of mailboxes that failed.
+
+        ``primary``: an open, prepared pair to use (live mode keeps one);
+        otherwise one is opened.
+        """
+        if primary is None:
+            local, remote = await gather(self._open("local"), self._open("remote"))
+        else:
+            local, remote = primary
+        try:
+            return await self._pass(local, remote)
+        finally:
+            if primary is not None and self.extra:
+                extra, self.extra = self.extra, []
+                await gather(*(s.logout() for s in extra))
+
+    async def _pass(self, local: IIMAPSession, remote: IIMAPSession) -> int:
         listing = await plan(
             SideSpec("local", local, self.options.local_reference),
             SideSpec("remote", remote, self.options.remote_reference),
@@ -102,7 +119,9 @@ class Synchronizer:
         async def worker(pair: Optional[tuple[IIMAPSession, IIMAPSession]]) -> None:
             if pair is None:
                 try:
-                    pair = tuple(await gather(self._open("local"), self._open("remote")))  # type: ignore[assignment]
+                    opened = await gather(self._open("local"), self._open("remote"))
+                    self.extra.extend(opened)
+                    pair = (opened[0], opened[1])
                 except IMAPError as e:
                     # The first pair carries on alone.
                     log.warn("extra connection failed: {error}", error=e)
@@ -113,6 +132,8 @@ class Synchronizer:
                 job = queue.pop(0)
                 try:
                     await self._sync_one(job, local, remote)
+                except StopRequested:
+                    return
                 except SyncError as e:
                     self.reporter.error(None, None, str(e))
                     failures[0] += 1
