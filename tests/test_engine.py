@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from imapsync.engine.commands import CommandError, delete, rename
 from imapsync.engine.listing import SideSpec
 from imapsync.engine.report import Reporter
-from imapsync.engine.sync import SyncOptions, Synchronizer
+from imapsync.engine.sync import Synchronizer, SyncOptions
 from imapsync.imap.errors import IMAPError
 from imapsync.state import StateStore
 from tests.fakeserver import FakeNetwork, MailStore
