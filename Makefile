@@ -1,5 +1,6 @@
-# Developer entry points.  `make check` is the README's test command and
-# what CI runs (.ci/run): it installs what is missing, then runs trial.
+# Developer entry points.  `make demo` and `make check` are the README's
+# quick start; `make check` is also what CI runs (.ci/run).  Both install
+# what is missing first.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,14 +8,19 @@ PY := $(VENV)/bin/python
 # Debian packages the test tiers need: a real Dovecot (tunnels and a
 # daemon on 127.0.0.1), openssl for fingerprint checks, interimap for the
 # differential tests.
-DEBS := dovecot-imapd openssl interimap
+DEBS := dovecot-imapd openssl interimap groff-base
 
-.PHONY: check test deps system-deps lint mypy bench clean
+.PHONY: demo check test deps system-deps lint mypy bench clean
 
 check: deps
 	$(PY) -b -m twisted.trial --temp-directory=_trial_temp tests
 
 test: check
+
+# Two throwaway Dovecot stores synced by the real command (demo/run.py);
+# `make demo DEMO_ARGS=--keep` keeps them.
+demo: deps
+	$(PY) demo/run.py $(DEMO_ARGS)
 
 deps: system-deps $(VENV)/.installed
 

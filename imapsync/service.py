@@ -151,16 +151,24 @@ class _StopRequest:
     def done(self) -> None:
         if not self._finished.called:
             self._finished.callback(None)
+        if not self.requested:
+            # Finished on its own: nothing to wait for at shutdown.
+            self._reactor.removeSystemEventTrigger(self._trigger)
 
 
 def _sync_options(config: Config, options: Options) -> SyncOptions:
     if options.mailboxes:
-        patterns, local_form = list(options.mailboxes), True
-    else:
-        patterns, local_form = list(config.list_mailbox) or [b"*"], False
+        # Named mailboxes are synced as named: list-mailbox, list-select-opts
+        # and ignore-mailbox do not apply (as in interimap).
+        return SyncOptions(
+            patterns=list(options.mailboxes),
+            local_form=True,
+            local_reference=config.local.list_reference,
+            remote_reference=config.remote.list_reference,
+            repair=options.command == "repair",
+        )
     return SyncOptions(
-        patterns=patterns,
-        local_form=local_form,
+        patterns=list(config.list_mailbox) or [b"*"],
         local_reference=config.local.list_reference,
         remote_reference=config.remote.list_reference,
         select_opts=tuple(config.list_select_opts),

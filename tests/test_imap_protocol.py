@@ -554,3 +554,42 @@ class NotifyTests(SynchronousTestCase):
         self.assertEqual(sent(transport), b"\x00\x01 b\r\n")
         protocol.dataReceived(b"1 OK\r\n")
         self.successResultOf(d)
+
+
+class UnselectTests(SynchronousTestCase):
+    def test_without_unselect_a_failed_examine_leaves_the_mailbox(self) -> None:
+        protocol, transport, _, session = connect(capabilities=b"IMAP4rev1 CONDSTORE")
+        session.select_qresync(b"INBOX")
+        protocol.dataReceived(b"* OK [UIDVALIDITY 1] x\r\n1 OK selected\r\n")
+        sent(transport)
+        d = session.unselect()
+        self.assertEqual(sent(transport), b"2 EXAMINE imapsync-no-such-mailbox-8d1c2e7b\r\n")
+        protocol.dataReceived(b"2 NO [NONEXISTENT] Mailbox doesn't exist\r\n")
+        self.successResultOf(d)
+        self.assertIsNone(session.selected)
+
+
+class UnsolicitedDuringCommandsTests(SynchronousTestCase):
+    def test_fetch_for_another_uid_is_news_not_an_answer(self) -> None:
+        protocol, transport, _, session = connect()
+        session.select_qresync(b"INBOX")
+        protocol.dataReceived(b"* OK [UIDVALIDITY 1] x\r\n* OK [HIGHESTMODSEQ 5] x\r\n1 OK\r\n")
+        d = session.fetch_flags(UIDSet.parse(b"1:2"))
+        protocol.dataReceived(
+            b"* 1 FETCH (UID 1 MODSEQ (5) FLAGS ())\r\n"
+            b"* 9 FETCH (UID 9 MODSEQ (6) FLAGS (\\Seen))\r\n2 OK\r\n"
+        )
+        self.assertEqual(self.successResultOf(d), {1: (5, ())})
+        self.assertEqual(session.take_changes().changes, {9: (6, (b"\\Seen",))})
+
+    def test_flags_during_a_silent_store_are_someone_elses_change(self) -> None:
+        protocol, transport, _, session = connect()
+        session.select_qresync(b"INBOX")
+        protocol.dataReceived(b"* OK [UIDVALIDITY 1] x\r\n* OK [HIGHESTMODSEQ 5] x\r\n1 OK\r\n")
+        d = session.uid_store(UIDSet.parse(b"1:2"), [b"\\Seen"], b"+", unchangedsince=5)
+        protocol.dataReceived(
+            b"* 1 FETCH (UID 1 MODSEQ (6))\r\n* 2 FETCH (UID 2 MODSEQ (7) FLAGS ($Other))\r\n"
+            b"2 OK\r\n"
+        )
+        self.assertEqual(self.successResultOf(d).modseqs, {1: 6, 2: 7})
+        self.assertEqual(session.take_changes().changes, {2: (7, (b"$Other",))})

@@ -94,6 +94,8 @@ async def plan(
     from imapsync.engine.mailbox import gather
 
     local_ns, remote_ns = await gather(discover_namespace(local), discover_namespace(remote))
+    if store.needs_migration():
+        _migrate(store, reporter, local_ns, remote_ns)
     if local_form and local_ns.delimiter:
         patterns = [
             p if p.upper() == b"INBOX" else p.replace(local_ns.delimiter, DB_DELIMITER)
@@ -147,6 +149,19 @@ async def plan(
         if plan_ is not None:
             listing.plans.append(plan_)
     return listing
+
+
+def _migrate(store: StateStore, reporter: Reporter, local: Namespace, remote: Namespace) -> None:
+    """Upgrade an interimap version-0 database (names with real delimiters)."""
+    if local.delimiter and remote.delimiter and local.delimiter != remote.delimiter:
+        raise IMAPError(
+            "this database (interimap schema version 0) stores mailbox names with the "
+            "hierarchy delimiter, and the local and remote delimiters differ "
+            f"({local.delimiter!r}, {remote.delimiter!r}): it cannot be upgraded; run "
+            "interimap 0.5 once to upgrade it"
+        )
+    store.migrate_from_v0(local.delimiter)
+    reporter.info("database", None, "Upgraded the database schema from interimap's version 0")
 
 
 def _by_name(

@@ -169,7 +169,7 @@ class _TunnelTransport:
 
 
 def _open_tunnel(
-    reactor: Any, settings: ServerSettings, protocol: IMAP4ClientProtocol
+    reactor: Any, settings: ServerSettings, protocol: IMAP4ClientProtocol, debug: int = 0
 ) -> _TunnelProcess:
     if not settings.command:
         raise ValueError("type=tunnel needs a command")
@@ -177,7 +177,8 @@ def _open_tunnel(
     process = _TunnelProcess(protocol, reactor)
     devnull: Optional[int] = None
     child_fds: dict[int, Any] = {0: "w", 1: "r", 2: 2}
-    if settings.null_stderr:
+    # With --debug the tunnel's own messages are wanted (as in interimap).
+    if settings.null_stderr and not debug:
         devnull = os.open(os.devnull, os.O_WRONLY)
         child_fds[2] = devnull
     try:
@@ -216,7 +217,7 @@ async def open_session(reactor: Any, settings: ServerSettings, debug: int = 0) -
             )
         proxy = parse_proxy_url(settings.proxy)
     if settings.type == "tunnel":
-        _open_tunnel(reactor, settings, protocol)
+        _open_tunnel(reactor, settings, protocol, debug)
     elif settings.type in ("imap", "imaps"):
         host = _host_for_endpoint(settings.host)
         if proxy is None:

@@ -43,6 +43,7 @@ from imapsync.imap.errors import (
     AuthenticationError,
     CapabilityMissingError,
     IMAPError,
+    NoResponse,
     ProtocolError,
 )
 from imapsync.imap.response import (
@@ -80,6 +81,10 @@ MAX_SET_BYTES = 8192
 # batch is sent once it holds this many messages or bytes.
 APPEND_BATCH_MESSAGES = 128
 APPEND_BATCH_BYTES = 1024 * 1024
+
+# A valid name that no one uses, EXAMINEd to leave a mailbox on servers
+# without UNSELECT (a syntax error, BAD, would leave it selected).
+_NO_SUCH_MAILBOX = b"imapsync-no-such-mailbox-8d1c2e7b"
 
 _ATOM_SPECIALS = re.compile(rb'[\x00-\x20\x7f-\xff(){%*"\\]')
 _QUOTABLE = re.compile(rb"[\x00\r\n\x80-\xff]")
@@ -575,13 +580,26 @@ class IMAPSession:
         return _deferred(run())
 
     def unselect(self) -> Deferred[None]:
-        """Leave the selected mailbox without expunging (UNSELECT, RFC 3691)."""
+        """Leave the selected mailbox without expunging (UNSELECT, RFC 3691).
+
+        Without UNSELECT, EXAMINE a mailbox that cannot exist: the failed
+        EXAMINE leaves nothing selected (RFC 3501 6.3.2), and unlike CLOSE
+        it expunges nothing.
+        """
 
         async def run() -> None:
             if self.protocol.selected is None:
                 return
-            self.require([b"UNSELECT"])
-            await self._send(b"UNSELECT", barrier=True)
+            if self.has_capability(b"UNSELECT"):
+                await self._send(b"UNSELECT", barrier=True)
+                return
+            try:
+                await self.protocol.send(
+                    Command(b"EXAMINE", [_NO_SUCH_MAILBOX], barrier=True, mailbox=_NO_SUCH_MAILBOX)
+                )
+            except NoResponse:
+                pass
+            self.protocol.selected = None
 
         return _deferred(run())
 

@@ -1,0 +1,1 @@
+"""`make demo`: two throwaway Dovecot stores kept in sync by the real command."""
