@@ -1,57 +1,77 @@
 # -*- test-case-name: tests.test_fakeserver -*-
-"""An in-memory IMAP4rev1 server speaking like Dovecot 2.3, for fast engine tests.
+"""An in-memory IMAP server that speaks like Dovecot 2.3, for fast engine tests.
 
-A small but real server (its own command parser, nothing shared with our
-client) with CONDSTORE/QRESYNC, LIST-EXTENDED/LIST-STATUS, MULTIAPPEND,
-UIDPLUS, ESEARCH and NOTIFY, over a `MailStore` that tests also change
-directly.  What it sends for each command was read off Dovecot 2.3.19
-(flag order, response codes, \\Noselect parents, the QRESYNC SELECT
-layout, when unsolicited data is sent); see the report in
-tests/test_fakeserver.py for the known deviations.
+A small but real server, with its own command parser (nothing shared with
+our client): CONDSTORE/QRESYNC, LIST-EXTENDED/LIST-STATUS, MULTIAPPEND,
+UIDPLUS, ESEARCH, NOTIFY, UNSELECT, ID, LOGIN and AUTHENTICATE PLAIN.  Its
+bytes were compared with Dovecot 2.3.19's for the same command scripts
+(flag order, response codes and texts, \\Noselect parents, the QRESYNC
+SELECT layout, when unsolicited data comes).
 
-Pieces:
-
-- `MailStore`: mailboxes by wire name, messages, MODSEQs, subscriptions,
-  plus a manipulation API (``append``, ``set_flags``, ``expunge``,
-  ``create``, ``rename``, ``reset_uidvalidity``, ...) that notifies the
-  connected sessions as a real server would: unsolicited EXISTS / FETCH /
-  VANISHED at their next command completion, NOTIFY events at once.
+- `MailStore`: one account (mailboxes by wire name, messages, MODSEQs,
+  subscriptions) and a manipulation API (``append``, ``set_flags``,
+  ``expunge``, ``create``, ``rename``, ``delete``, ``reset_uidvalidity``,
+  ...) that notifies connected sessions as a real server does: EXISTS,
+  FETCH and VANISHED for the selected mailbox at their next command
+  completion, NOTIFY events at once.  ``snapshot()`` compares stores.
 - `FakeIMAPServer`: one Protocol per connection, bound to a store.
-- `FaultPlan` (``store.faults``, ``server.faults``): command hooks that can
-  drop the connection before or after executing a command, or answer NO.
-- `FakeNetwork`, `connect_session`, `run`: our real client
-  (`IMAP4ClientProtocol` + `IMAPSession`) joined to a fake server in
-  memory with `twisted.test.iosim`, and a loop that moves bytes until a
-  Deferred fires.
+- `FaultPlan` (``store.faults`` for every connection, ``server.faults``
+  for one): hooks run before each command, which may change the store or
+  drop the connection before or after executing the command, hang, or
+  answer NO.
+- `FakeNetwork`, `connect_session`, `run`: our real client joined to
+  fake servers in memory with `twisted.test.iosim`.
 
-Engine tests: everything is in memory and nothing moves unless the test
-pumps, so drive the engine's Deferred with `run` (or `FakeNetwork.run`)::
+Engine tests: nothing moves unless the test pumps, so drive the engine's
+Deferred with `run` (here through `FakeNetwork`)::
 
-    class SyncTests(SynchronousTestCase):
-        def test_new_message_is_copied(self) -> None:
-            clock = Clock()
-            net = FakeNetwork(clock)
-            local, remote = MailStore(), MailStore(separator=b".")
-            local.append(b"INBOX", b"Subject: hi\\r\\n\\r\\nhello\\r\\n", [b"\\\\Seen"])
-            lsession = net.connect(local, "local")
-            rsession = net.connect(remote, "remote")
-            net.run(Deferred.fromCoroutine(sync_everything(lsession, rsession, db)))
-            self.assertEqual(local.snapshot(), remote.snapshot())
+    def test_new_message_is_copied(self) -> None:
+        clock = Clock()
+        net = FakeNetwork(clock)
+        local, remote = MailStore(), MailStore(separator=b".")
+        local.append(b"INBOX", MESSAGE, [b"\\Seen"])
+        lsession = net.connect(local, "local")
+        rsession = net.connect(remote, "remote")
+        net.run(Deferred.fromCoroutine(sync(lsession, rsession, db)))
+        self.assertEqual(local.snapshot(), remote.snapshot())
 
-``run`` pumps every connection until the Deferred fires and returns its
-result (or raises its failure).  When no byte moves it advances the Clock
-to the next timer, so an engine waiting on a timer proceeds and a hung
-exchange ends as the client's CommandTimeoutError rather than a hung test;
-with nothing to pump and no timer it raises at once.  Between two runs,
-change the stores directly.  To change a store at an exact point *during*
-a run (the other client's concurrent change), register a command hook:
-``store.on_command(lambda name, raw: remote.append(...) if name == b"UID FETCH"
-else None)``.  Crash tests: ``remote.faults.drop_after(b"APPEND")``; the
-run raises ConnectionLostError with the messages stored on the server but
-their APPENDUID never seen; then connect again (``net.connect``), run the
-engine again, and compare ``snapshot()``s.  For an engine that opens its
-own connections (reconnects), give it ``lambda: net.open(store, "remote")``:
-`FakeNetwork.open` returns a Deferred that the running ``run`` completes.
+`run` moves bytes on every connection until the Deferred fires, then
+returns its result or raises its failure.  When no byte moves it advances
+the Clock to the next timer (an engine waiting on a timer goes on; a hung
+exchange ends as the client's CommandTimeoutError, not a hung test); with
+no timer either it raises at once.  Between runs, change the stores
+directly.  To change a store at an exact point during a run (the other
+client's concurrent change), hook a command::
+
+    remote.on_command(lambda name, raw: remote.append(b"INBOX", MESSAGE)
+                      if name == b"UID FETCH" else None)
+
+Crash tests: ``remote.faults.drop_after(b"APPEND")`` makes the run raise
+ConnectionLostError with the messages stored but their APPENDUID never
+seen; connect again, run the engine again, compare snapshots.  An engine
+that opens connections itself gets ``lambda: net.open(store, "remote")``:
+the Deferred `FakeNetwork.open` returns fires as the current run pumps.
+
+Known differences from Dovecot 2.3.19:
+
+- MODSEQs: one per transaction from the start (a MULTIAPPEND is one, a
+  STORE touching system flags and keywords two, as Dovecot), whereas
+  Dovecot numbers them lazily until CONDSTORE is first used on a mailbox,
+  and then also sends HIGHESTMODSEQ to sessions that did not enable it.
+- INBOX always exists and is listed first; Dovecot lists in index order
+  and creates INBOX lazily (a first CREATE INBOX succeeds).  No
+  ``\\UnMarked``, no LIST RECURSIVEMATCH/CHILDINFO, no LSUB.
+- NOTIFY: events for the selected mailbox always wait for the next
+  command (Dovecot sometimes pushes them when SELECT came before NOTIFY
+  SET); STATUS events never carry UIDVALIDITY, except after
+  ``reset_uidvalidity`` (Dovecot adds it for a mailbox never opened); no
+  spurious ``LIST () "/" INBOX``.  The silence after a NOTIFY SET that
+  replaces another is reproduced (``notify_quirk``).
+- A literal is read whole before its command runs: a BAD APPEND does not
+  desynchronize the stream, and ``+ OK`` is sent even for a missing
+  mailbox.  INTERNALDATEs are kept in UTC; future ones are not clamped.
+- No STARTTLS, COMPRESS, IDLE, MOVE, COPY, BODY sections or partial
+  fetches, ENVELOPE; no authentication failure delay.
 """
 
 from __future__ import annotations
@@ -104,6 +124,8 @@ __all__ = [
     "Message",
     "Reply",
     "connect_session",
+    "mutf7_decode",
+    "mutf7_encode",
     "run",
 ]
 
@@ -152,15 +174,15 @@ _uidvalidity_bases = itertools.count(1000, 1000)
 # --- wire helpers ---------------------------------------------------------------
 
 
-class Atom(bytes):
+class _Atom(bytes):
     """A command argument sent as an atom (flags, keywords, wildcards, numbers)."""
 
 
-class String(bytes):
+class _String(bytes):
     """A command argument sent as a quoted string or a literal."""
 
 
-class LiteralString(String):
+class _LiteralString(_String):
     """A command argument sent as a literal."""
 
 
@@ -232,7 +254,7 @@ def _tokenize(data: bytes, pos: int) -> List[Token]:
                 if char == 0x22:
                     break
                 out.append(char)
-            current.append(String(bytes(out)))
+            current.append(_String(bytes(out)))
         else:
             match = _LITERAL.match(data, pos)
             if match is not None:
@@ -240,7 +262,7 @@ def _tokenize(data: bytes, pos: int) -> List[Token]:
                 size = int(match.group(1))
                 if start + size > end:
                     raise _Bad(b"Truncated literal")
-                current.append(LiteralString(data[start : start + size]))
+                current.append(_LiteralString(data[start : start + size]))
                 pos = start + size
                 continue
             start = pos
@@ -256,7 +278,7 @@ def _tokenize(data: bytes, pos: int) -> List[Token]:
                 elif depth == 0 and char in (0x20, 0x28, 0x29, 0x22):
                     break
                 pos += 1
-            current.append(Atom(data[start:pos]))
+            current.append(_Atom(data[start:pos]))
     if stack:
         raise _Bad(b"Missing ')'")
     return top
@@ -264,7 +286,7 @@ def _tokenize(data: bytes, pos: int) -> List[Token]:
 
 def _word(token: Token) -> bytes:
     """An atom's upper-cased value (keywords of the grammar)."""
-    if not isinstance(token, Atom):
+    if not isinstance(token, _Atom):
         raise _Bad(b"Invalid arguments")
     return bytes(token).upper()
 
@@ -276,7 +298,7 @@ def _astring(token: Token) -> bytes:
 
 
 def _number(token: Token) -> int:
-    if not isinstance(token, Atom) or not token.isdigit():
+    if not isinstance(token, _Atom) or not token.isdigit():
         raise _Bad(b"Invalid number")
     return int(token)
 
@@ -304,7 +326,7 @@ class _Ranges:
 
 
 def _parse_set(text: Token, star: int) -> _Ranges:
-    if not isinstance(text, Atom):
+    if not isinstance(text, _Atom):
         raise _Bad(b"Invalid messageset")
     pairs: List[Tuple[int, int]] = []
     for part in bytes(text).split(b","):
@@ -529,6 +551,9 @@ class Fault(enum.Enum):
     DROP_BEFORE = "drop-before"
     #: Execute the command, then abort before any of its responses is sent.
     DROP_AFTER = "drop-after"
+    #: Neither execute nor answer this command or any later one; the
+    #: connection stays open (a hung server: the client's timeout fires).
+    HANG = "hang"
 
 
 @attrs.frozen
@@ -542,7 +567,7 @@ class Reply:
 
 Action = Union[Fault, Reply]
 #: Called with (command name such as b"UID STORE", the raw command bytes).
-CommandHook = Callable[[bytes, bytes], Optional[Action]]
+CommandHook = Callable[[bytes, bytes], object]
 
 
 @attrs.define(eq=False)
@@ -573,6 +598,10 @@ class FaultPlan:
         """Run the next ``command`` (after ``skip``), then abort before answering."""
         self._rule(command, Fault.DROP_AFTER, skip, 1)
 
+    def hang(self, command: bytes, skip: int = 0) -> None:
+        """Stop answering at the next ``command`` (after ``skip``)."""
+        self._rule(command, Fault.HANG, skip, 1)
+
     def refuse(
         self,
         command: bytes,
@@ -585,17 +614,20 @@ class FaultPlan:
         self._rule(command, Reply(status, text, code), 0, times)
 
     def decide(self, name: bytes, raw: bytes) -> Optional[Action]:
+        """Run every hook; the first `Fault` or `Reply` returned wins (any
+        other return value is ignored, so a hook may be a bare lambda)."""
+        chosen: Optional[Action] = None
         for hook in list(self.hooks):
             action = hook(name, raw)
-            if action is not None:
-                return action
-        return None
+            if chosen is None and isinstance(action, (Fault, Reply)):
+                chosen = action
+        return chosen
 
     def _rule(self, command: bytes, action: Action, skip: int, times: Optional[int]) -> None:
         wanted = command.upper()
         state = {"skip": skip, "times": times}
 
-        def hook(name: bytes, raw: bytes) -> Optional[Action]:
+        def hook(name: bytes, raw: bytes) -> object:
             if name != wanted:
                 return None
             if state["skip"]:
@@ -1003,7 +1035,8 @@ class MailStore:
 
 
 def _name_order(name: bytes) -> Tuple[bool, bytes]:
-    return (name != b"INBOX" and not name.startswith(b"INBOX" + name[5:6]), name)
+    # INBOX first (Dovecot lists in its index's order, INBOX often last).
+    return (name != b"INBOX", name)
 
 
 # --- the server -------------------------------------------------------------------
@@ -1170,6 +1203,7 @@ class FakeIMAPServer(Protocol):
         self._inconsistent = False
         self._logging_out = False
         self._bye: Optional[bytes] = None
+        self._hung = False
 
     # -- connection ------------------------------------------------------
 
@@ -1225,7 +1259,7 @@ class FakeIMAPServer(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
-        while not self._closed:
+        while not self._closed and not self._hung:
             if self._sasl_tag is not None:
                 end = self._buffer.find(b"\r\n")
                 if end < 0:
@@ -1234,11 +1268,11 @@ class FakeIMAPServer(Protocol):
                 del self._buffer[: end + 2]
                 self._finish_sasl(line)
                 continue
-            end = self._command_end()
-            if end is None:
+            command_end = self._command_end()
+            if command_end is None:
                 return
-            raw = bytes(self._buffer[:end])
-            del self._buffer[:end]
+            raw = bytes(self._buffer[:command_end])
+            del self._buffer[:command_end]
             self._scan = 0
             self._continued = -1
             self._run(raw)
@@ -1290,15 +1324,21 @@ class FakeIMAPServer(Protocol):
             self._write(b"* BYE IMAP session state is inconsistent, please relogin.\r\n")
             self._close()
             return
-        action = self.faults.decide(name, raw) or self.store.faults.decide(name, raw)
+        # Both plans see every command; this connection's decides first.
+        mine = self.faults.decide(name, raw)
+        shared = self.store.faults.decide(name, raw)
+        action = mine if mine is not None else shared
         if self._closed:
             return
         if action is Fault.DROP_BEFORE:
             self.drop()
             return
+        if action is Fault.HANG:
+            self._hung = True
+            return
         if isinstance(action, Reply):
-            code = b" [" + action.code + b"]" if action.code else b""
-            self._write(tag + b" " + action.status + code + b" " + action.text + b"\r\n")
+            given = b" [" + action.code + b"]" if action.code else b""
+            self._write(tag + b" " + action.status + given + b" " + action.text + b"\r\n")
             return
         self._out = []
         # Dovecot's imap process (not its login process) times each reply.
@@ -1641,19 +1681,19 @@ class FakeIMAPServer(Protocol):
             date: Optional[bytes] = None
             token = args[i]
             if isinstance(token, list):
-                if not all(isinstance(f, Atom) for f in token):
+                if not all(isinstance(f, _Atom) for f in token):
                     raise _Bad(b"Invalid arguments")
                 flags = [bytes(f) for f in token]
                 i += 1
-            if i < len(args) and isinstance(args[i], String):
-                if not isinstance(args[i], LiteralString):
+            if i < len(args) and isinstance(args[i], _String):
+                if not isinstance(args[i], _LiteralString):
                     date = bytes(_astring(args[i]))
                     try:
                         _parse_date(date)
                     except ValueError:
                         raise _Bad(b"Invalid internal date")
                     i += 1
-            if i >= len(args) or not isinstance(args[i], LiteralString):
+            if i >= len(args) or not isinstance(args[i], _LiteralString):
                 raise _Bad(b"Invalid arguments")
             _check_flags(flags)
             items.append((bytes(_astring(args[i])), flags, date))
@@ -1931,7 +1971,7 @@ class FakeIMAPServer(Protocol):
         values = args[i + 1 :]
         if len(values) == 1 and isinstance(values[0], list):
             values = values[0]
-        if not all(isinstance(v, Atom) for v in values):
+        if not all(isinstance(v, _Atom) for v in values):
             raise _Bad(b"Invalid arguments")
         flags = [bytes(v) for v in values]
         _check_flags(flags)
@@ -1995,7 +2035,8 @@ class FakeIMAPServer(Protocol):
             return
         if self.qresync:
             self._untagged(b"VANISHED " + _format_set(uids))
-            view.uids = [u for u in view.uids if u not in set(uids)]
+            removed = set(uids)
+            view.uids = [u for u in view.uids if u not in removed]
         else:
             for uid in uids:
                 seq = view.seq(uid)
@@ -2028,12 +2069,12 @@ class FakeIMAPServer(Protocol):
         assert view is not None
         i = 0
         returns: Optional[List[bytes]] = None
-        if args and isinstance(args[0], Atom) and _word(args[0]) == b"RETURN":
+        if args and isinstance(args[0], _Atom) and _word(args[0]) == b"RETURN":
             if len(args) < 2 or not isinstance(args[1], list) or not self._has(b"ESEARCH"):
                 raise _Bad(b"Invalid arguments")
             returns = [_word(t) for t in args[1]] or [b"ALL"]
             i = 2
-        if i < len(args) and isinstance(args[i], Atom) and _word(args[i]) == b"CHARSET":
+        if i < len(args) and isinstance(args[i], _Atom) and _word(args[i]) == b"CHARSET":
             i += 2
         keys = args[i:]
         if not keys:
@@ -2149,7 +2190,7 @@ class FakeIMAPServer(Protocol):
             raise _Bad(b"Invalid arguments")
         spec = _NotifySpec()
         groups = args[1:]
-        if groups and isinstance(groups[0], Atom) and _word(groups[0]) == b"STATUS":
+        if groups and isinstance(groups[0], _Atom) and _word(groups[0]) == b"STATUS":
             spec.status = True
             groups = groups[1:]
         for group in groups:

@@ -21,6 +21,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from imapsync.imap._protocol import SelectedMailbox
 from imapsync.imap.errors import (
     AuthenticationError,
     BadResponse,
@@ -64,6 +65,11 @@ def body(i: int, size: int = 200) -> bytes:
 def _parse_date(value: Optional[bytes]) -> datetime.datetime:
     assert value is not None
     return datetime.datetime.strptime(value.decode(), "%d-%b-%Y %H:%M:%S %z")
+
+
+def selected_of(session: IMAPSession) -> SelectedMailbox:
+    assert session.selected is not None
+    return session.selected
 
 
 def without(capabilities: Tuple[bytes, ...], *names: bytes) -> Tuple[bytes, ...]:
@@ -301,7 +307,7 @@ class SessionTests(FakeTestCase):
         self.assertEqual(list(found), [uids[0], uids[4]])
         # The expunge's MODSEQ came in the tagged OK.
         self.assertEqual(
-            session.selected.highestmodseq, self.store.status(b"INBOX")["HIGHESTMODSEQ"]
+            selected_of(session).highestmodseq, self.store.status(b"INBOX")["HIGHESTMODSEQ"]
         )
 
     def test_uid_expunge_leaves_messages_not_deleted(self) -> None:
@@ -339,8 +345,9 @@ class SessionTests(FakeTestCase):
         for pump in self.net.pumps:
             pump.flush()
         self.assertIsNotNone(status_of(b"INBOX"))
-        self.assertEqual(status_of(b"Other").items[b"UIDNEXT"], 2)
-        self.assertEqual(status_of(b"Other").items[b"MESSAGES"], 1)
+        other = status_of(b"Other")
+        assert other is not None
+        self.assertEqual((other.items[b"UIDNEXT"], other.items[b"MESSAGES"]), (2, 1))
 
     def test_notify_reports_mailbox_changes(self) -> None:
         self.store.create(b"A/B")
@@ -397,9 +404,9 @@ class SessionTests(FakeTestCase):
         changes = session.take_changes()
         self.assertEqual(list(changes.vanished), [uids[1]])
         self.assertEqual(set(changes.changes[uids[0]][1]), {b"\\Answered"})
-        self.assertEqual(session.selected.exists, 2)
+        self.assertEqual(selected_of(session).exists, 2)
         self.assertEqual(
-            session.selected.highestmodseq, self.store.status(b"INBOX")["HIGHESTMODSEQ"]
+            selected_of(session).highestmodseq, self.store.status(b"INBOX")["HIGHESTMODSEQ"]
         )
         self.assertEqual(list(self.wait(session.uid_search(b"ALL"))), [uids[0], new])
 
@@ -551,10 +558,16 @@ class FaultTests(FakeTestCase):
             return None
 
         self.store.on_command(hook)
+        # A bare lambda's result (here a UID) is no action.
+        self.store.on_command(
+            lambda name, raw: (
+                self.store.append(b"INBOX", body(3)) if name == b"UID FETCH" else None
+            )
+        )
         got: List[bytes] = []
         self.wait(session.fetch_messages(b"1:*", lambda m: got.append(m.body)))
         self.assertEqual(got, [body(1)])
-        self.assertEqual(session.selected.exists, 2)
+        self.assertEqual(selected_of(session).exists, 3)
         self.assertEqual(
             seen,
             [(b"UID FETCH", b"3 UID FETCH 1:* (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])\r\n")],
@@ -598,13 +611,13 @@ class RunTests(FakeTestCase):
             run(Deferred(), [], self.clock)
         self.assertIn("stalled", str(raised.exception))
 
-    def test_a_silent_server_times_out(self) -> None:
+    def test_a_hung_server_times_out(self) -> None:
+        # run advances the Clock to the client's timeout instead of hanging.
         session = self.open(timeout=60)
-        self.store.on_command(lambda name, raw: Reply(b"", b"") if False else None)
-        server = self.server_of(session)
-        server.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self.store.faults.hang(b"NOOP")
         with self.assertRaises(CommandTimeoutError):
             self.wait(session.noop())
+        self.assertEqual(self.clock.seconds(), 60)
 
     def test_connect_session(self) -> None:
         session, pump = connect_session(self.store, self.clock, "remote")
