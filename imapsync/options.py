@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import getopt
 import re
 import sys
 from typing import FrozenSet, List, Optional, Sequence
@@ -133,7 +134,30 @@ class Options(usage.Options):
     def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
         if options is None:
             options = sys.argv[1:]
-        super().parseOptions(_optional_watch_value(options))  # type: ignore[no-untyped-call]
+        arguments = self._permute(_optional_watch_value(options))
+        super().parseOptions(arguments)  # type: ignore[no-untyped-call]
+
+    def _permute(self, arguments: List[str]) -> List[str]:
+        """Options first, then ``--`` and the mailboxes.
+
+        getopt (used by twisted.python.usage) stops at the first mailbox,
+        so ``--delete Old --target=local`` would take ``--target=local`` for
+        a mailbox; interimap, like GNU tools, accepts options anywhere.
+        """
+        try:
+            found, rest = getopt.gnu_getopt(arguments, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e))
+        ordered: List[str] = []
+        for name, value in found:
+            if name.startswith("--"):
+                takes_value = name[2:] + "=" in self.longOpt
+                ordered.append(f"{name}={value}" if takes_value else name)
+            else:
+                ordered.append(name)
+                if name[1:] + ":" in self.shortOpt:
+                    ordered.append(value)
+        return ordered + ["--"] + rest
 
     def getSynopsis(self) -> str:
         if self.parent is None:

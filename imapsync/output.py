@@ -57,7 +57,8 @@ class LineObserver:
             return
         if level == LogLevel.info and self.quiet:
             return
-        text = formatEvent(event)
+        # Our events carry a default {prefix}; ours replaces it.
+        text = formatEvent({**event, "prefix": ""})
         failure = event.get("log_failure")
         if failure is not None and not ours:
             text = f"{text}: {failure.getErrorMessage()}"

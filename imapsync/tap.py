@@ -7,6 +7,8 @@ console script instead, which reports failures through its exit status.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.application.service import IService
 
 from imapsync.options import Options
@@ -18,8 +20,13 @@ def makeService(options: Options) -> IService:
     """The `SyncService` for ``options`` (config loaded now: errors stop twistd)."""
     from twisted.internet import reactor
 
-    from imapsync.config import load_config
+    from imapsync.config import ConfigError, load_config
     from imapsync.service import SyncService
 
-    config = load_config(options.config_path)
+    try:
+        config = load_config(options.config_path)
+    except ConfigError as e:
+        # One line and the documented status, as the command does.
+        sys.stderr.write(f"ERROR: {e}\n")
+        raise SystemExit(e.exit_code)
     return SyncService(reactor, config, options)

@@ -120,8 +120,8 @@ class FirstSyncTests(SynchronousTestCase):
         self.assertIn(b"Work.Projects", h.remote.subscriptions)
         self.assertEqual(reporter.totals["remote"].added, 11)
         self.assertEqual(reporter.totals["local"].added, 3)
-        self.assertIn("Added 10 UID(s) 1:10 -> 4:13", h.lines())
-        self.assertIn("Added 3 UID(s) 11:13 <- 1:3", h.lines())
+        self.assertIn("remote(INBOX): Added 10 UID(s) 1:10 -> 4:13", h.lines())
+        self.assertIn("local(INBOX): Added 3 UID(s) 11:13 <- 1:3", h.lines())
 
     def test_internaldate_and_keywords_survive(self) -> None:
         h = Harness()

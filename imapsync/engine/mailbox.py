@@ -98,6 +98,8 @@ class MailboxSynchronizer:
     # Messages this run appended, by target side: UID -> flags given.  The
     # server reports them back as changes; those are not news.
     _echo: Dict[str, Dict[int, Flags]] = attrs.field(factory=lambda: {"local": {}, "remote": {}})
+    # UIDs this run expunged, by side.
+    _expunged: Dict[str, Set[int]] = attrs.field(factory=lambda: {"local": set(), "remote": set()})
 
     async def run(self) -> None:
         local_sel, remote_sel = await gather(self._select(self.local), self._select(self.remote))
@@ -260,6 +262,7 @@ class MailboxSynchronizer:
         await side.session.uid_store(uids, [b"\\Deleted"], b"+")
         gone = await side.session.uid_expunge(uids)
         if gone:
+            self._expunged[side.name].update(gone)
             self.reporter.removed(side.name, self.name, gone)
 
     async def _propagate_flags(self, local_changes: Changes, remote_changes: Changes) -> None:
@@ -583,7 +586,8 @@ class MailboxSynchronizer:
         )
         for side, flags in ((self.local, local_flags), (self.remote, remote_flags)):
             mapped = set(self.store.map_uids(self.idx, side.name, flags))
-            unmapped = [uid for uid in flags if uid not in mapped]
+            expunged = self._expunged[side.name]
+            unmapped = [uid for uid in flags if uid not in mapped and uid not in expunged]
             if unmapped:
                 self.reporter.warn(
                     side.name,

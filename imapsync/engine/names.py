@@ -30,8 +30,12 @@ class Namespace:
     reference: bytes = b""
 
     def to_db(self, wire: bytes) -> Optional[bytes]:
-        """The database form of ``wire``, or None when outside the reference."""
-        if wire.upper() == b"INBOX":
+        """The database form of ``wire``, or None when outside the reference.
+
+        Below a reference, INBOX is an ordinary name (``Backup.INBOX``), as
+        in interimap.
+        """
+        if wire.upper() == b"INBOX" and not self.reference:
             return b"INBOX"
         if self.reference:
             if not wire.startswith(self.reference) or wire == self.reference:
@@ -45,7 +49,7 @@ class Namespace:
 
     def to_wire(self, name: bytes) -> bytes:
         """The wire name of the database name ``name`` on this side."""
-        if name == b"INBOX":
+        if name == b"INBOX" and not self.reference:
             return b"INBOX"
         if self.delimiter:
             if self.delimiter in name:

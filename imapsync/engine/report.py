@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Dict, Iterable, Optional, Sequence
 
 import attrs
-from twisted.logger import Logger
 
+from imapsync._prefix import PrefixLogger
 from imapsync.engine.names import display
 from imapsync.imap.uidset import UIDSet
 
-log = Logger(namespace="imapsync")
+log = PrefixLogger(namespace="imapsync")
 
 
 def compact_list(uids: Sequence[int]) -> str:
@@ -61,14 +61,14 @@ class Reporter:
     errors: int = 0
 
     def info(self, server: Optional[str], mailbox: Optional[bytes], text: str) -> None:
-        log.info("{text}", server=server, mailbox=_name(mailbox), text=text)
+        log.info("{prefix}{text}", server=server, mailbox=_name(mailbox), text=text)
 
     def warn(self, server: Optional[str], mailbox: Optional[bytes], text: str) -> None:
-        log.warn("WARNING: {text}", server=server, mailbox=_name(mailbox), text=text)
+        log.warn("{prefix}WARNING: {text}", server=server, mailbox=_name(mailbox), text=text)
 
     def error(self, server: Optional[str], mailbox: Optional[bytes], text: str) -> None:
         self.errors += 1
-        log.error("ERROR: {text}", server=server, mailbox=_name(mailbox), text=text)
+        log.error("{prefix}ERROR: {text}", server=server, mailbox=_name(mailbox), text=text)
 
     def added(
         self,
@@ -86,7 +86,7 @@ class Reporter:
         else:
             uids = f"{compact_list(target_uids)} <- {compact_list(source_uids)}"
         log.info(
-            "Added {count} UID(s) {uids}",
+            "{prefix}Added {count} UID(s) {uids}",
             server=target,
             mailbox=_name(mailbox),
             count=len(target_uids),
@@ -97,7 +97,7 @@ class Reporter:
         uids = list(uids)
         self.totals[server].removed += len(uids)
         log.info(
-            "Removed {count} UID(s) {uids}",
+            "{prefix}Removed {count} UID(s) {uids}",
             server=server,
             mailbox=_name(mailbox),
             count=len(uids),
@@ -110,7 +110,7 @@ class Reporter:
         uids = list(uids)
         self.totals[server].flag_updates += len(uids)
         log.info(
-            "Updated flags ({flags}) for UID {uids}",
+            "{prefix}Updated flags ({flags}) for UID {uids}",
             server=server,
             mailbox=_name(mailbox),
             flags=flags_text(flags),
@@ -137,7 +137,7 @@ class Reporter:
     def summary(self, server: str, received: int, sent: int) -> None:
         totals = self.totals[server]
         log.info(
-            "{added} message(s) added ({size}), {removed} removed, {flags} flag update(s); "
+            "{prefix}{added} message(s) added ({size}), {removed} removed, {flags} flag update(s); "
             "IMAP traffic (bytes): recv {received} sent {sent}",
             server=server,
             mailbox=None,

@@ -593,6 +593,9 @@ class ResponseParser:
         # Bytes of the literal being read still to come; -1 when none.
         self._literal_left = -1
         self._literal_io: Optional[io.BytesIO] = None
+        # For --debug: keep the last response's lines, literals left out.
+        self.keep_text = False
+        self.last_text = b""
 
     def feed(self, data: bytes) -> None:
         """Append received bytes (amortized O(len(data)))."""
@@ -635,6 +638,8 @@ class ResponseParser:
                 if match is not None:
                     # Take the groups out before compacting moves the bytes.
                     response = _fast_fetch(match)
+                    if self.keep_text:
+                        self.last_text = bytes(buffer[start:end])
                     self._compact()
                     return response
             segment = bytes(buffer[start:end])
@@ -645,6 +650,9 @@ class ResponseParser:
                 parts = self._parts
                 self._parts = []
                 self._line_length = 0
+                if self.keep_text:
+                    # Segments end with their literal's {N}: the bodies stay out.
+                    self.last_text = b"".join(parts[0::2])
                 return _parse_response(parts)
             self._line_length += len(segment)
             self._literal_left = size

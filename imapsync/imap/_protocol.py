@@ -19,9 +19,9 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from imapsync._prefix import PrefixLogger
 from imapsync.imap._parser import ResponseParser
 from imapsync.imap.errors import (
     BadResponse,
@@ -48,7 +48,7 @@ from imapsync.imap.response import (
 )
 from imapsync.imap.uidset import UIDSet
 
-log = Logger()
+log = PrefixLogger()
 
 # How many commands may await their tagged response at once.  Dovecot reads
 # pipelined commands as fast as we send them; 64 keeps a LAN round trip
@@ -205,6 +205,7 @@ class IMAP4ClientProtocol(Protocol):
         self.bytes_received = 0
         self.bytes_sent = 0
         self._parser = ResponseParser()
+        self._parser.keep_text = debug > 0
         self._tag_counter = 0
         self._queue: Deque[Command] = deque()
         self._inflight: Dict[bytes, Command] = {}
@@ -366,7 +367,7 @@ class IMAP4ClientProtocol(Protocol):
             return
         if command.secret and self.debug < 2:
             line = command.tag + b" " + command.name + b" [REDACTED]"
-        log.debug("{server}: C: {line}", server=self.name, line=line.decode("utf-8", "replace"))
+        log.debug("{prefix}C: {line}", server=self.name, line=line.decode("utf-8", "replace"))
 
     # -- receiving -------------------------------------------------------
 
@@ -405,9 +406,16 @@ class IMAP4ClientProtocol(Protocol):
     def _log_received(self, response: Response) -> None:
         if not self.debug:
             return
-        if isinstance(response, FetchResponse) and response.body is not None:
-            response = attrs.evolve(response, body=b"<%d bytes>" % len(response.body))
-        log.debug("{server}: S: {response!r}", server=self.name, response=response)
+        line = self._parser.last_text
+        if (
+            self.debug < 2
+            and isinstance(response, ContinuationRequest)
+            and any(c.secret for c in self._inflight.values())
+        ):
+            line = b"+ [REDACTED]"
+        log.debug(
+            "{prefix}S: {line}", server=self.name, line=line.decode("utf-8", "backslashreplace")
+        )
 
     def _handle(self, response: Response) -> None:
         if not self._greeted:
@@ -483,7 +491,7 @@ class IMAP4ClientProtocol(Protocol):
                 if self.debug:
                     shown = line if self.debug >= 2 or not command.secret else b"[REDACTED]"
                     log.debug(
-                        "{server}: C: {line}",
+                        "{prefix}C: {line}",
                         server=self.name,
                         line=shown.decode("utf-8", "replace"),
                     )
@@ -505,7 +513,7 @@ class IMAP4ClientProtocol(Protocol):
                     self._notify(response)
             if response.status != b"OK":
                 log.warn(
-                    "{server}: server says {status}: {text}",
+                    "{prefix}server says {status}: {text}",
                     server=self.name,
                     status=response.status.decode("ascii", "replace"),
                     text=_text(response.text),
@@ -604,7 +612,7 @@ class IMAP4ClientProtocol(Protocol):
             try:
                 observer(response)
             except Exception:
-                log.failure("{server}: observer failed", server=self.name)
+                log.failure("{prefix}observer failed", server=self.name)
 
     def _update_from_code(self, code: Optional[ResponseCode]) -> None:
         if code is None:

@@ -19,16 +19,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from imapsync._prefix import PrefixLogger
 from imapsync.imap._protocol import DEFAULT_TIMEOUT, IMAP4ClientProtocol
 from imapsync.imap.errors import ConnectionLostError, IMAPError, ProtocolError
 from imapsync.imap.session import IMAPSession
 from imapsync.imap.socks import ProxyError, ProxyURL, SOCKS5ClientEndpoint, parse_proxy_url
 from imapsync.imap.tls import ClientTLSCreator, TLSSettings
 
-log = Logger()
+log = PrefixLogger()
 
 # Seconds a tunnel command gets to exit after its stdin is closed, then
 # after SIGTERM, before it is killed.
@@ -270,7 +270,7 @@ async def open_session(reactor: Any, settings: ServerSettings, debug: int = 0) -
         try:
             await closed
         except Exception:
-            log.warn("{server}: connection did not close in time", server=settings.name)
+            log.warn("{prefix}connection did not close in time", server=settings.name)
         raise
     return session
 

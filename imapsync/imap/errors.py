@@ -58,14 +58,16 @@ class CommandTimeoutError(IMAPError):
 class CapabilityMissingError(IMAPError):
     """The server lacks a capability we need."""
 
-    def __init__(self, capability: str, purpose: str = "") -> None:
-        super().__init__(capability, purpose)
+    def __init__(self, capability: str, purpose: str = "", server: str = "") -> None:
+        super().__init__(capability, purpose, server)
         self.capability = capability
         self.purpose = purpose
+        self.server = server
 
     def __str__(self) -> str:
         suffix = f" ({self.purpose})" if self.purpose else ""
-        return f"server does not advertise the {self.capability} capability{suffix}"
+        who = f"the {self.server} server" if self.server else "the server"
+        return f"{who} does not advertise the {self.capability} capability{suffix}"
 
 
 class AuthenticationError(IMAPError):

@@ -230,7 +230,7 @@ class IMAPSession:
         """Raise `CapabilityMissingError` naming the first one missing."""
         for capability in capabilities:
             if not self.has_capability(capability):
-                raise CapabilityMissingError(capability.decode("ascii"), purpose)
+                raise CapabilityMissingError(capability.decode("ascii"), purpose, self.name)
 
     def add_observer(self, observer: Callable[[Response], None]) -> None:
         """Call ``observer`` with unsolicited responses (NOTIFY events and the like)."""
