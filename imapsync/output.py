@@ -46,8 +46,14 @@ class LineObserver:
         self.prefix = prefix if prefix is not None else DEFAULT_LOG_PREFIX
         self.quiet = quiet
         self.debug = debug
+        # Progress lines are drawn in place on a terminal only.
+        self.tty = bool(getattr(stderr, "isatty", lambda: False)())
+        self._progress_shown = False
 
     def __call__(self, event: LogEvent) -> None:
+        if event.get("progress"):
+            self._progress(event)
+            return
         level = event.get("log_level", LogLevel.info)
         namespace = event.get("log_namespace", "") or ""
         ours = namespace.startswith("imapsync") or "server" in event
@@ -59,6 +65,7 @@ class LineObserver:
             return
         # Our events carry a default {prefix}; ours replaces it.
         text = formatEvent({**event, "prefix": ""})
+
         failure = event.get("log_failure")
         if failure is not None and not ours:
             text = f"{text}: {failure.getErrorMessage()}"
@@ -72,5 +79,18 @@ class LineObserver:
             self.logfile.flush()
             if level == LogLevel.debug:
                 return
+        if self._progress_shown:
+            # Clear the progress line before a normal one.
+            self.stderr.write("\r\x1b[K")
+            self._progress_shown = False
         self.stderr.write(line + "\n")
         self.stderr.flush()
+
+    def _progress(self, event: LogEvent) -> None:
+        if not self.tty or self.quiet:
+            return
+        prefix = format_log_prefix(self.prefix, event.get("server"), event.get("mailbox"))
+        text = formatEvent({**event, "prefix": ""})
+        self.stderr.write("\r" + (prefix + text)[:200] + "\x1b[K")
+        self.stderr.flush()
+        self._progress_shown = True

@@ -355,6 +355,8 @@ class MailboxSynchronizer:
         batch_bytes = [0]
         in_flight: List[Deferred[None]] = []
         errors: List[BaseException] = []
+        total = len(uids)
+        copied = [0, 0]  # messages, bytes
 
         async def send(messages: List[FetchedMessage]) -> None:
             try:
@@ -369,6 +371,10 @@ class MailboxSynchronizer:
                 self._appended(source, target, messages, result.uids)
             except Exception as e:
                 errors.append(e)
+                return
+            copied[0] += len(messages)
+            copied[1] += sum(len(m.body) for m in messages)
+            self.reporter.progress(target.name, self.name, copied[0], total, copied[1])
 
         def flush() -> None:
             messages = list(batch)

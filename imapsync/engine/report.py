@@ -93,6 +93,21 @@ class Reporter:
             uids=uids,
         )
 
+    def progress(self, target: str, mailbox: bytes, done: int, total: int, size: int) -> None:
+        """Messages copied so far: shown in place on a terminal, else not at all
+        (a debug event, so other log observers leave it out)."""
+        if done >= total:
+            return
+        log.debug(
+            "{prefix}{done}/{total} message(s) copied ({size})",
+            server=target,
+            mailbox=_name(mailbox),
+            done=done,
+            total=total,
+            size=kibi(size),
+            progress=True,
+        )
+
     def removed(self, server: str, mailbox: bytes, uids: Iterable[int]) -> None:
         uids = list(uids)
         self.totals[server].removed += len(uids)
