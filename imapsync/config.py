@@ -123,6 +123,7 @@ class Config:
     list_select_opts: Tuple[bytes, ...] = ()
     ignore_mailbox: Optional[re.Pattern[bytes]] = None
     warnings: Tuple[str, ...] = ()
+    notes: Tuple[str, ...] = ()
 
     def ignores(self, mailbox: bytes) -> bool:
         """Whether ignore-mailbox excludes C{mailbox} (NUL for the delimiter)."""
@@ -265,6 +266,26 @@ def resolve_config_path(path: Optional[str], environ: Mapping[str, str] = os.env
     if expanded is None:
         raise ConfigFileMissingError(f"no such user in configuration file path {path!r}")
     return os.path.abspath(os.path.join(base, expanded))
+
+
+def _database_path(name: str, environ: Mapping[str, str], notes: List[str]) -> str:
+    """Where the database ``name`` (absolute, or relative to the data directory) is.
+
+    An interimap configuration used as is names interimap's database
+    relative to *its* data directory: when ours holds no such file and
+    interimap's does, that one is the state of these servers, and starting
+    afresh would copy every message again.
+    """
+    path = os.path.abspath(os.path.join(data_directory(environ), name))
+    if os.path.isabs(name) or os.path.exists(path):
+        return path
+    theirs = os.path.abspath(
+        os.path.join(_xdg_directory(environ, "XDG_DATA_HOME", ".local/share"), "interimap", name)
+    )
+    if os.path.exists(theirs):
+        notes.append(f"using interimap's database {theirs}")
+        return theirs
+    return path
 
 
 def data_directory(environ: Mapping[str, str] = os.environ) -> str:
@@ -499,6 +520,8 @@ class _Loader:
         self.headers: Dict[str, int] = {}
         self.values: Dict[Tuple[str, str], Any] = {}
         self.warnings: List[str] = []
+        # Informational messages for the log.
+        self.notes: List[str] = []
 
     def fail(self, line: Optional[int], message: str) -> NoReturn:
         raise ConfigError(message, self.path, line)
@@ -702,7 +725,7 @@ class _Loader:
         return minimum, maximum
 
     def database(self, entry: _Entry) -> str:
-        return os.path.abspath(os.path.join(data_directory(self.environ), self.expand(entry)))
+        return _database_path(self.expand(entry), self.environ, self.notes)
 
     def logfile(self, entry: _Entry) -> str:
         path = self.expand(entry)
@@ -894,8 +917,8 @@ class _Loader:
 
         # interimap: HOST.db with HOST from [remote] (then [local]; but
         # [remote] is required); the host key even for a tunnel.
-        database = get("database") or os.path.join(
-            data_directory(self.environ), remote.server.host + ".db"
+        database = get("database") or _database_path(
+            remote.server.host + ".db", self.environ, self.notes
         )
         secrets = any(
             "password" in section
@@ -918,6 +941,7 @@ class _Loader:
             list_select_opts=get("list-select-opts", ()),
             ignore_mailbox=get("ignore-mailbox"),
             warnings=tuple(dict.fromkeys(self.warnings)),
+            notes=tuple(dict.fromkeys(self.notes)),
         )
 
 

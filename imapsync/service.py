@@ -95,6 +95,8 @@ async def run_once(reactor: Any, config: Config, options: Options) -> int:
     """
     for warning in config.warnings:
         log.warn("WARNING: {text}", text=warning)
+    for note in config.notes:
+        log.info("{text}", text=note)
     try:
         store = StateStore.open(config.database)
     except DatabaseError as e:

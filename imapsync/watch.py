@@ -180,8 +180,11 @@ class Watcher:
             for session in (local, remote):
                 session.add_observer(self._on_event)
                 session.when_lost().addCallback(on_lost)
+            if notify:
+                # Once per connection (see the module docstring), before the
+                # first pass: a change made during it must raise an event.
+                await gather(*(s.notify_set(notify_spec()) for s in (local, remote)))
             self._pending = True
-            notified = False
             last = self.reactor.seconds()
             while not self.stopping:
                 if lost:
@@ -191,10 +194,6 @@ class Watcher:
                     self._pending = False
                     await self._pass(local, remote)
                     last = self.reactor.seconds()
-                    if notify and not notified:
-                        # Once per connection (see the module docstring).
-                        await gather(*(s.notify_set(notify_spec()) for s in (local, remote)))
-                        notified = True
                     continue
                 now = self.reactor.seconds()
                 next_noop = last + self.idle_noop

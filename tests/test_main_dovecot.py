@@ -755,18 +755,20 @@ class RepairTests(CommandTestCase):
         run = self.imapsync("--repair")
         for line in (
             "WARNING: Missed flag update in INBOX for (lUID,rUID) = (3,3). Repairing.",
-            "WARNING: local UID 4 of INBOX is gone but remote UID 4 is not. Repairing.",
-            "remote(INBOX): Removed 1 UID(s) 4",
+            # Nothing says the user deleted it: the survivor comes back (as interimap).
+            "WARNING: local UID 4 of INBOX disappeared. Copying remote UID 4 again.",
             "local(INBOX): Updated flags ($Label1 \\Flagged) for UID 3",
             "local(INBOX): WARNING: 1 message(s) not in the database: copying them (2)",
+            "remote(INBOX): WARNING: 2 message(s) not in the database: copying them (2,4)",
             "remote(INBOX): Added 1 UID(s) 2 -> 6",
-            "local(INBOX): Added 1 UID(s) 6 <- 2",
+            "local(INBOX): Added 2 UID(s) 6:7 <- 2,4",
         ):
             self.assertLine(run, line)
         self.assertEqual(self.errors(run), [])
         snapshot = self.assertInSync()
-        # The unmapped message is now on both sides twice (the manual says so).
-        self.assertEqual(len(snapshot[("INBOX",)]), 5)
+        # The unmapped message is now on both sides twice (the manual says
+        # so), and the lost one is back.
+        self.assertEqual(len(snapshot[("INBOX",)]), 6)
         self.assertEqual(
             {m.uid: m.flags for m in self.local.messages("INBOX")}[3], {"\\Flagged", "$Label1"}
         )
@@ -783,11 +785,12 @@ class RepairTests(CommandTestCase):
             modseq = self.local.status("INBOX")["HIGHESTMODSEQ"]
             db.execute("UPDATE local SET HIGHESTMODSEQ = ?", (modseq,))
         run = self.imapsync("--repair")
-        self.assertLine(run, "remote(INBOX): Removed 1 UID(s) 4")
-        # Remote UID 4 was just expunged: it is not copied, so not listed.
+        self.assertNotIn("Removed", run.stderr)
+        # Every UID listed is one that is copied.
         self.assertLine(
-            run, "remote(INBOX): WARNING: 1 message(s) not in the database: copying them (2)"
+            run, "remote(INBOX): WARNING: 2 message(s) not in the database: copying them (2,4)"
         )
+        self.assertLine(run, "local(INBOX): Added 2 UID(s) 5:6 <- 2,4")
 
 
 class MailboxCommandTests(CommandTestCase):

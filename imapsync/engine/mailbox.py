@@ -29,6 +29,8 @@ T = TypeVar("T")
 
 Flags = Tuple[bytes, ...]
 Changes = Dict[int, Tuple[int, Flags]]
+# (vanished, changes) of the local side, then of the remote side.
+SideChanges = Tuple[Tuple[UIDSet, Changes], Tuple[UIDSet, Changes]]
 
 # A MULTIAPPEND batch is sent once it holds this many messages or bytes
 # (interimap's figures; measured on Dovecot, bigger batches gain nothing).
@@ -98,8 +100,6 @@ class MailboxSynchronizer:
     # Messages this run appended, by target side: UID -> flags given.  The
     # server reports them back as changes; those are not news.
     _echo: Dict[str, Dict[int, Flags]] = attrs.field(factory=lambda: {"local": {}, "remote": {}})
-    # UIDs this run expunged, by side.
-    _expunged: Dict[str, Set[int]] = attrs.field(factory=lambda: {"local": set(), "remote": set()})
 
     async def run(self) -> None:
         local_sel, remote_sel = await gather(self._select(self.local), self._select(self.remote))
@@ -112,6 +112,9 @@ class MailboxSynchronizer:
                     SideState(local_sel.uidvalidity, 0, 0),
                     SideState(remote_sel.uidvalidity, 0, 0),
                 )
+        # First recognize what a crashed run stored, so that those pairs are
+        # checked below like any other interrupted ones.
+        await self._adopt_journal()
         if self.repair:
             await self._repair()
         else:
@@ -120,26 +123,27 @@ class MailboxSynchronizer:
             (local_sel.vanished, dict(local_sel.changes)),
             (remote_sel.vanished, dict(remote_sel.changes)),
         )
-        await self._adopt_journal()
         while True:
             if self.should_stop():
                 # Nothing is half done here; the next run carries on.
                 raise StopRequested()
-            await self._propagate(changes[0], changes[1])
+            # Filtered now, not when taken: a message copied since reports
+            # nothing new with the flags the copy carried.
+            await self._propagate(*self._fresh(changes))
             (local_status, remote_status) = await gather(
                 self._status(self.local), self._status(self.remote)
             )
             local_changes = self.local.session.take_changes()
             remote_changes = self.remote.session.take_changes()
             changes = (
-                (local_changes.vanished, self._news(self.local, local_changes.changes)),
-                (remote_changes.vanished, self._news(self.remote, remote_changes.changes)),
+                (local_changes.vanished, dict(local_changes.changes)),
+                (remote_changes.vanished, dict(remote_changes.changes)),
             )
             new_local, new_remote = await gather(
                 self._new_uids(self.local, local_status[0]),
                 self._new_uids(self.remote, remote_status[0]),
             )
-            if not (new_local or new_remote or _any(changes)):
+            if not (new_local or new_remote or _any(self._fresh(changes))):
                 break
             if new_local:
                 await self._copy(self.local, self.remote, new_local)
@@ -157,6 +161,11 @@ class MailboxSynchronizer:
                     uidnext=uidnext,
                     highestmodseq=modseq,
                 )
+
+    def _fresh(self, changes: SideChanges) -> SideChanges:
+        """Both sides' (vanished, changes) less the echo of this run's copies."""
+        (lv, lc), (rv, rc) = changes
+        return (lv, self._news(self.local, lc)), (rv, self._news(self.remote, rc))
 
     def _news(self, side: Side, changes: Mapping[int, Tuple[int, Flags]]) -> Changes:
         """``changes`` less the echo of our own APPENDs."""
@@ -262,7 +271,6 @@ class MailboxSynchronizer:
         await side.session.uid_store(uids, [b"\\Deleted"], b"+")
         gone = await side.session.uid_expunge(uids)
         if gone:
-            self._expunged[side.name].update(gone)
             self.reporter.removed(side.name, self.name, gone)
 
     async def _propagate_flags(self, local_changes: Changes, remote_changes: Changes) -> None:
@@ -328,6 +336,9 @@ class MailboxSynchronizer:
         other = self.local if side is self.remote else self.remote
         counterpart = self.store.map_uids(self.idx, side.name, current)
         for uid, (_, flags) in current.items():
+            if uid not in wanted or _same(flags, wanted[uid]):
+                # Changed meanwhile, but to what we wanted: no conflict.
+                continue
             union = _union(flags, wanted[uid])
             other_uid = counterpart.get(uid)
             if other_uid is None:
@@ -427,9 +438,12 @@ class MailboxSynchronizer:
         with self.store.transaction():
             self.store.add_mappings(self.idx, pairs)
             self.store.journal_remove(self.idx, target.name, [m.uid for m in messages])
-        appended = self._echo[target.name]
+        # The copy carried these flags: reports of them, on either side,
+        # are not changes to propagate.
+        target_echo, source_echo = self._echo[target.name], self._echo[source.name]
         for message, uid in zip(messages, uids, strict=True):
-            appended[uid] = message.flags
+            target_echo[uid] = message.flags
+            source_echo[message.uid] = message.flags
         self.reporter.added(
             target.name,
             self.name,
@@ -539,7 +553,12 @@ class MailboxSynchronizer:
     # -- --repair ---------------------------------------------------------
 
     async def _repair(self) -> None:
-        """Compare every mapped pair; what is unmapped is copied by the main loop."""
+        """Compare every mapped pair; what is unmapped is copied by the main loop.
+
+        A pair that lost one message is not taken for an expunge to
+        propagate (nothing says the user deleted it): the survivor is
+        copied back, as interimap does, so nothing is lost.
+        """
         pairs = self.store.mapping(self.idx)
         if not pairs:
             return
@@ -547,58 +566,50 @@ class MailboxSynchronizer:
             self.local.session.fetch_flags(b"1:*"),
             self.remote.session.fetch_flags(b"1:*"),
         )
-        local_gone: List[int] = []
-        remote_gone: List[int] = []
-        both_gone: List[int] = []
+        unpaired: List[int] = []
         changes_l: Changes = {}
         changes_r: Changes = {}
+        name = display(self.name)
         for luid, ruid in pairs:
             in_l, in_r = luid in local_flags, ruid in remote_flags
             if not in_l and not in_r:
-                both_gone.append(luid)
+                unpaired.append(luid)
                 self.reporter.warn(
                     None,
                     None,
-                    f"Pair (lUID,rUID) = ({luid},{ruid}) vanished from {display(self.name)}. Repairing.",
+                    f"Pair (lUID,rUID) = ({luid},{ruid}) vanished from {name}. Repairing.",
                 )
-            elif not in_l:
-                local_gone.append(luid)
+            elif not in_l or not in_r:
+                unpaired.append(luid)
+                gone, kept = ("local", "remote") if not in_l else ("remote", "local")
                 self.reporter.warn(
                     None,
                     None,
-                    f"local UID {luid} of {display(self.name)} is gone but remote UID {ruid} is not. Repairing.",
-                )
-            elif not in_r:
-                remote_gone.append(ruid)
-                self.reporter.warn(
-                    None,
-                    None,
-                    f"remote UID {ruid} of {display(self.name)} is gone but local UID {luid} is not. Repairing.",
+                    f"{gone} UID {luid if gone == 'local' else ruid} of {name} disappeared. "
+                    f"Copying {kept} UID {ruid if kept == 'remote' else luid} again.",
                 )
             elif not _same(local_flags[luid][1], remote_flags[ruid][1]):
                 self.reporter.warn(
                     None,
                     None,
-                    f"Missed flag update in {display(self.name)} for (lUID,rUID) = ({luid},{ruid}). Repairing.",
+                    f"Missed flag update in {name} for (lUID,rUID) = ({luid},{ruid}). Repairing.",
                 )
                 changes_l[luid] = local_flags[luid]
                 changes_r[ruid] = remote_flags[ruid]
-        if both_gone:
+        if unpaired:
             with self.store.transaction():
-                self.store.delete_mappings(self.idx, "local", both_gone)
-        await self._propagate(
-            (UIDSet.from_iterable(local_gone), changes_l),
-            (UIDSet.from_iterable(remote_gone), changes_r),
-        )
+                self.store.delete_mappings(self.idx, "local", unpaired)
+        empty = UIDSet.from_iterable(())
+        await self._propagate((empty, changes_l), (empty, changes_r))
         for side, flags in ((self.local, local_flags), (self.remote, remote_flags)):
             mapped = set(self.store.map_uids(self.idx, side.name, flags))
-            expunged = self._expunged[side.name]
-            unmapped = [uid for uid in flags if uid not in mapped and uid not in expunged]
+            unmapped = UIDSet.from_iterable(uid for uid in flags if uid not in mapped)
             if unmapped:
                 self.reporter.warn(
                     side.name,
                     self.name,
-                    f"{len(unmapped)} message(s) not in the database: copying them ({UIDSet.from_iterable(unmapped).to_bytes().decode()})",
+                    f"{len(unmapped)} message(s) not in the database: copying them "
+                    f"({unmapped.to_bytes().decode()})",
                 )
 
 
@@ -613,7 +624,7 @@ def _union(a: Flags, b: Flags) -> Flags:
     return tuple(sorted(seen.values()))
 
 
-def _any(changes: Tuple[Tuple[UIDSet, Changes], Tuple[UIDSet, Changes]]) -> bool:
+def _any(changes: SideChanges) -> bool:
     return any(bool(v) or bool(c) for v, c in changes)
 
 
