@@ -723,6 +723,37 @@ class PathTests(ConfigFileTestCase):
         self.load_error("logfile = ~no-such-user-here/x\n" + MINIMAL, 1, "logfile", "no such user")
 
 
+class InterimapDatabaseTests(ConfigFileTestCase):
+    """An interimap configuration used as is finds interimap's database."""
+
+    def test_default_database_found_in_interimaps_directory(self) -> None:
+        theirs = os.path.join(self.home, ".local/share/interimap/imap.example.net.db")
+        os.makedirs(os.path.dirname(theirs))
+        open(theirs, "wb").close()
+        config = self.load(MINIMAL)
+        self.assertEqual(config.database, theirs)
+        self.assertEqual(config.notes, (f"using interimap's database {theirs}",))
+
+    def test_relative_database_too(self) -> None:
+        theirs = os.path.join(self.home, ".local/share/interimap/work.db")
+        os.makedirs(os.path.dirname(theirs))
+        open(theirs, "wb").close()
+        self.assertEqual(self.load("database = work.db\n" + MINIMAL).database, theirs)
+
+    def test_ours_wins_when_both_exist(self) -> None:
+        for directory in ("imapsync", "interimap"):
+            path = os.path.join(self.home, ".local/share", directory, "imap.example.net.db")
+            os.makedirs(os.path.dirname(path))
+            open(path, "wb").close()
+        config = self.load(MINIMAL)
+        self.assertIn("/imapsync/", config.database)
+        self.assertEqual(config.notes, ())
+
+    def test_absolute_database_is_taken_as_given(self) -> None:
+        path = os.path.join(self.home, "elsewhere.db")
+        self.assertEqual(self.load(f"database = {path}\n" + MINIMAL).database, path)
+
+
 class PermissionTests(ConfigFileTestCase):
     def test_readable_password(self) -> None:
         path = self.write(MINIMAL + "password = x\n", mode=0o644)
