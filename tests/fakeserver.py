@@ -509,6 +509,10 @@ class Mailbox:
     keywords: List[bytes] = attrs.field(factory=list)
     # The first UID not yet \Recent to some session.
     recent_floor: int = 1
+    # A mailbox without persistent MODSEQs or UIDs (RFC 7162 NOMODSEQ,
+    # RFC 4315 UIDNOTSTICKY), as some servers have for some mailboxes.
+    nomodseq: bool = False
+    uidnotsticky: bool = False
 
     def bump(self) -> int:
         """The MODSEQ of a new change."""
@@ -1778,8 +1782,12 @@ class FakeIMAPServer(Protocol):
                 self._untagged(b"OK [UNSEEN %d] First unseen." % seq)
                 break
         self._untagged(b"OK [UIDVALIDITY %d] UIDs valid" % mailbox.uidvalidity)
+        if mailbox.uidnotsticky:
+            self._untagged(b"NO [UIDNOTSTICKY] Non-persistent UIDs")
         self._untagged(b"OK [UIDNEXT %d] Predicted next UID" % mailbox.uidnext)
-        if self.condstore:
+        if self.condstore and mailbox.nomodseq:
+            self._untagged(b"OK [NOMODSEQ] No permanent modsequences")
+        elif self.condstore:
             self._untagged(b"OK [HIGHESTMODSEQ %d] Highest" % mailbox.highestmodseq)
         if qresync is not None and qresync[0] == mailbox.uidvalidity:
             _, modseq, known_token = qresync

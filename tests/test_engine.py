@@ -25,9 +25,9 @@ from imapsync.engine.commands import CommandError, delete, rename
 from imapsync.engine.listing import SideSpec
 from imapsync.engine.report import Reporter
 from imapsync.engine.sync import Synchronizer, SyncOptions
-from imapsync.imap.errors import IMAPError
+from imapsync.imap.errors import CapabilityMissingError, IMAPError
 from imapsync.state import StateStore
-from tests.fakeserver import FakeNetwork, MailStore
+from tests.fakeserver import DEFAULT_CAPABILITIES, FakeNetwork, MailStore
 
 FLAGS = [b"\\Seen", b"\\Flagged", b"\\Answered", b"$Label1", b"$Work"]
 
@@ -247,6 +247,79 @@ class ChangeTests(SynchronousTestCase):
         h.remote.unsubscribe(b"S")
         h.sync()
         self.assertNotIn(b"S", h.local.subscriptions)
+
+
+class UnsyncableMailboxTests(SynchronousTestCase):
+    def check_refused(self, attribute: str, words: str) -> None:
+        h = Harness()
+        h.local.append(b"INBOX", message(1))
+        h.local.create(b"Odd")
+        h.local.append(b"Odd", message(2))
+        h.remote.create(b"Odd")
+        setattr(h.remote.mailboxes[b"Odd"], attribute, True)
+        failed, _ = h.sync()
+        self.assertEqual(failed, 1)
+        errors = h.lines(LogLevel.error)
+        self.assertTrue(any("Odd" in e and words in e for e in errors), errors)
+        # Nothing copied into (or deleted from) that mailbox; INBOX synced.
+        self.assertEqual(len(h.remote.messages(b"Odd")), 0)
+        self.assertEqual(len(h.local.messages(b"Odd")), 1)
+        self.assertEqual(len(h.remote.messages(b"INBOX")), 1)
+
+    def test_nomodseq(self) -> None:
+        self.check_refused("nomodseq", "NOMODSEQ")
+
+    def test_uidnotsticky(self) -> None:
+        self.check_refused("uidnotsticky", "UIDNOTSTICKY")
+
+    def test_server_without_qresync(self) -> None:
+        h = Harness()
+        caps = [c for c in DEFAULT_CAPABILITIES if c != b"QRESYNC"]
+        h.local.append(b"INBOX", message(1))
+        reporter = Reporter()
+        synchronizer = Synchronizer(
+            h.store,
+            reporter,
+            lambda side: h.net.open(h.stores()[side], side, capabilities=caps),
+            SyncOptions(),
+        )
+        with self.assertRaises(CapabilityMissingError) as raised:
+            h.net.run(Deferred.fromCoroutine(synchronizer.run()))
+        self.assertIn("QRESYNC", str(raised.exception))
+        self.assertEqual(len(h.remote.messages(b"INBOX")), 0)
+
+
+class ConcurrencyTests(SynchronousTestCase):
+    def test_several_mailboxes_at_once_on_extra_connections(self) -> None:
+        h = Harness()
+        for i in range(8):
+            h.local.create(b"Box%d" % i)
+            h.local.append_many(b"Box%d" % i, [(message(10 * i + j), [], None) for j in range(3)])
+        opened: List[str] = []
+        reporter = Reporter()
+
+        def open_side(side: str) -> Deferred[Any]:
+            opened.append(side)
+            return h.net.open(h.stores()[side], side)
+
+        selected_at_once = [0, 0]
+        selected = {"local": 0}
+
+        def count(name: bytes, raw: bytes) -> None:
+            if name == b"SELECT":
+                selected["local"] += 1
+                selected_at_once[1] = max(selected_at_once[1], selected["local"])
+            elif name == b"UNSELECT":
+                selected["local"] -= 1
+
+        h.local.on_command(count)
+        synchronizer = Synchronizer(h.store, reporter, open_side, SyncOptions())
+        failed = h.net.run(Deferred.fromCoroutine(synchronizer.run()))
+        self.assertEqual(failed, 0)
+        # Three connection pairs: mailboxes were synced on several at once.
+        self.assertEqual(sorted(opened), ["local"] * 3 + ["remote"] * 3)
+        self.assertGreater(selected_at_once[1], 1)
+        h.assert_equal(self)
 
 
 class CrashTests(SynchronousTestCase):
