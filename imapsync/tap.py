@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_tap -*-
 """``twistd imapsync``: build the service from the shared command line.
 
-twistd always exits 0, so the packaged systemd units run the ``imapsync``
-console script instead, which reports failures through its exit status.
+twistd does not report a failed run through its exit status (and ends
+by re-raising SIGTERM), so the packaged systemd units run the
+``imapsync`` console script instead, whose exit status tells.
 """
 
 from __future__ import annotations
