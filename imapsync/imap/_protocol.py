@@ -647,7 +647,9 @@ class IMAP4ClientProtocol(Protocol):
         """
         leftover = self._parser.take_remaining()
         self._inflater = zlib.decompressobj(-15)
-        self._deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        # Level 1: measured 2-7 times cheaper than the default 6 on mail, for
+        # 0.67 against 0.64 of the size; the reactor thread does this work.
+        self._deflater = zlib.compressobj(1, zlib.DEFLATED, -15)
         if leftover:
             self._parser.feed(self._inflater.decompress(leftover))
             self._process()
