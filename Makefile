@@ -7,8 +7,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the test tiers need: a real Dovecot (tunnels and a
 # daemon on 127.0.0.1), openssl for fingerprint checks, interimap for the
-# differential tests.
-DEBS := dovecot-imapd openssl interimap groff-base
+# differential tests, groff for the manual page check, GNU time for
+# benchmarks/sync.py.
+DEBS := dovecot-imapd openssl interimap groff-base time
 
 .PHONY: demo check test deps system-deps lint mypy bench deb-check clean
 
