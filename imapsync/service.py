@@ -17,11 +17,13 @@ from twisted.logger import Logger, globalLogBeginner
 from imapsync.config import Config
 from imapsync.engine.commands import CommandError, delete, rename
 from imapsync.engine.listing import SideSpec
-from imapsync.engine.mailbox import SyncError, gather
+from imapsync.engine.mailbox import SyncError
 from imapsync.engine.report import Reporter
 from imapsync.engine.sync import Synchronizer, SyncOptions
 from imapsync.imap.connect import open_session
+from imapsync.imap.defer import gather
 from imapsync.imap.errors import IMAPError
+from imapsync.imap.session import close_all
 from imapsync.interfaces import IIMAPSession
 from imapsync.options import Options
 from imapsync.output import LineObserver, open_logfile
@@ -73,14 +75,7 @@ class _Sessions:
                 totals = by_side.setdefault(session.name, [0, 0])
                 totals[0] += protocol.bytes_received
                 totals[1] += protocol.bytes_sent
-        await gather(*(s.logout() for s in self.opened))
-        for session in self.opened:
-            closed = session.when_closed()
-            closed.addTimeout(15, self.reactor)
-            try:
-                await closed
-            except Exception:
-                pass
+        await close_all(self.opened, self.reactor)
         for side in ("local", "remote"):
             if side in by_side:
                 reporter.summary(side, *by_side[side])

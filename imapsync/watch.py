@@ -20,9 +20,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from imapsync.engine.mailbox import gather
 from imapsync.engine.report import Reporter
 from imapsync.engine.sync import Synchronizer, SyncOptions, prepare_session
+from imapsync.imap.defer import gather
 from imapsync.imap.errors import (
     AuthenticationError,
     CapabilityMissingError,
@@ -31,7 +31,7 @@ from imapsync.imap.errors import (
     TLSVerificationError,
 )
 from imapsync.imap.response import ConditionResponse, ListResponse, Response, StatusResponse
-from imapsync.imap.session import notify_spec
+from imapsync.imap.session import close_all, notify_spec
 from imapsync.interfaces import IIMAPSession
 from imapsync.state import StateStore
 
@@ -211,7 +211,7 @@ class Watcher:
                     # MULTIAPPEND) settle into one pass.
                     await deferLater(self.reactor, SETTLE)
         finally:
-            await _close(sessions, self.reactor)
+            await close_all(sessions, self.reactor)
 
     async def _open(self, side: str, sessions: List[IIMAPSession]) -> IIMAPSession:
         session = await self.open_session(side)
@@ -240,14 +240,3 @@ class Watcher:
         ):
             self._pending = True
             self._poke()
-
-
-async def _close(sessions: List[IIMAPSession], reactor: Any) -> None:
-    await gather(*(s.logout() for s in sessions))
-    for session in sessions:
-        closed = session.when_closed()
-        closed.addTimeout(15, reactor)
-        try:
-            await closed
-        except Exception:
-            pass

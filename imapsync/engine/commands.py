@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Dict, FrozenSet, Sequence
 
 from imapsync.engine.listing import SideSpec, discover_namespace
-from imapsync.engine.mailbox import gather
 from imapsync.engine.names import DB_DELIMITER, Namespace, display
 from imapsync.engine.report import Reporter
+from imapsync.imap.defer import gather
 from imapsync.imap.errors import IMAPError
 from imapsync.interfaces import IIMAPSession
 from imapsync.state import MailboxExistsError, StateStore

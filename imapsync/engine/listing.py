@@ -20,6 +20,7 @@ from imapsync.engine.names import (
     wildcard_regex,
 )
 from imapsync.engine.report import Reporter
+from imapsync.imap.defer import gather
 from imapsync.imap.errors import IMAPError
 from imapsync.imap.session import MailboxInfo
 from imapsync.interfaces import IIMAPSession
@@ -91,8 +92,6 @@ async def plan(
     with ``local_form``, the local delimiter (mailboxes named on the
     command line).
     """
-    from imapsync.engine.mailbox import gather
-
     local_ns, remote_ns = await gather(discover_namespace(local), discover_namespace(remote))
     if store.needs_migration():
         _migrate(store, reporter, local_ns, remote_ns)

@@ -10,14 +10,14 @@ propagated.  The stored values only move forward once that is true.
 from __future__ import annotations
 
 import hashlib
-from typing import Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple, TypeVar
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred
 
 from imapsync.engine.names import display
 from imapsync.engine.report import Reporter
+from imapsync.imap.defer import gather
 from imapsync.imap.errors import NoResponse
 from imapsync.imap.session import AppendMessage, FetchedMessage, SelectResult
 from imapsync.imap.uidset import UIDSet
@@ -48,26 +48,6 @@ class SyncError(Exception):
 
 class StopRequested(Exception):
     """A stop was asked for: the mailbox was left at a safe point."""
-
-
-def _first_error(failure: Failure) -> Failure:
-    inner = getattr(failure.value, "subFailure", None)
-    return inner if isinstance(inner, Failure) else failure
-
-
-def _gather(*deferreds: Deferred[T]) -> Deferred[List[T]]:
-    d: Deferred[List[T]] = gatherResults(list(deferreds), consumeErrors=True)
-    d.addErrback(_first_error)
-    return d
-
-
-async def gather(*awaitables: Awaitable[T]) -> List[T]:
-    """Run concurrently; fail with the first error (not a FirstError wrapper)."""
-    deferreds = [
-        a if isinstance(a, Deferred) else Deferred.fromCoroutine(a)  # type: ignore[arg-type]
-        for a in awaitables
-    ]
-    return await _gather(*deferreds)
 
 
 @attrs.define

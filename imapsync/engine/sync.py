@@ -18,9 +18,10 @@ import attrs
 from twisted.logger import Logger
 
 from imapsync.engine.listing import Listing, MailboxPlan, SideSpec, plan
-from imapsync.engine.mailbox import MailboxSynchronizer, Side, StopRequested, SyncError, gather
+from imapsync.engine.mailbox import MailboxSynchronizer, Side, StopRequested, SyncError
 from imapsync.engine.names import display
 from imapsync.engine.report import Reporter
+from imapsync.imap.defer import gather
 from imapsync.imap.errors import IMAPError
 from imapsync.imap.session import SYNC_CAPABILITIES
 from imapsync.interfaces import IIMAPSession
@@ -164,13 +165,6 @@ class Synchronizer:
             should_stop=self.should_stop,
         )
         await synchronizer.run()
-
-    async def close(self) -> None:
-        """LOGOUT every connection and wait until each is closed."""
-        await gather(*(s.logout() for s in self.sessions))
-        for session in self.sessions:
-            closed = session.when_closed()
-            await closed
 
 
 def _alive(session: IIMAPSession) -> bool:

@@ -98,13 +98,8 @@ class SelectedMailbox:
     changes: Dict[int, Tuple[int, Tuple[bytes, ...]]] = attrs.field(factory=dict)
 
     def record_fetch(self, response: FetchResponse) -> None:
-        if response.uid is None or response.flags is None:
-            return
-        modseq = response.modseq if response.modseq is not None else 0
-        known = self.changes.get(response.uid)
-        if known is None or modseq >= known[0]:
-            self.changes[response.uid] = (modseq, without_recent(response.flags))
-        if self.highestmodseq is not None and modseq > self.highestmodseq:
+        modseq = record_change(self.changes, response)
+        if modseq is not None and self.highestmodseq is not None and modseq > self.highestmodseq:
             self.highestmodseq = modseq
 
     def take_changes(self) -> Tuple[UIDSet, Dict[int, Tuple[int, Tuple[bytes, ...]]]]:
@@ -730,6 +725,22 @@ def _apply_select_code(selected: SelectedMailbox, code: ResponseCode) -> None:
         selected.permanentflags = value
     elif name == b"READ-ONLY":
         selected.readonly = True
+
+
+def record_change(
+    changes: Dict[int, Tuple[int, Tuple[bytes, ...]]], response: FetchResponse
+) -> Optional[int]:
+    """Keep the newest (MODSEQ, flags) that ``response`` reports for its UID.
+
+    Returns its MODSEQ (0 without CONDSTORE), or None when it reports no flags.
+    """
+    if response.uid is None or response.flags is None:
+        return None
+    modseq = response.modseq if response.modseq is not None else 0
+    known = changes.get(response.uid)
+    if known is None or modseq >= known[0]:
+        changes[response.uid] = (modseq, without_recent(response.flags))
+    return modseq
 
 
 def without_recent(flags: Tuple[bytes, ...]) -> Tuple[bytes, ...]:

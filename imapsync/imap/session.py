@@ -26,8 +26,8 @@ from typing import (
 )
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from imapsync.imap._protocol import (
@@ -37,8 +37,10 @@ from imapsync.imap._protocol import (
     Literal,
     Part,
     SelectedMailbox,
+    record_change,
     without_recent,
 )
+from imapsync.imap.defer import gather
 from imapsync.imap.errors import (
     AuthenticationError,
     CapabilityMissingError,
@@ -94,9 +96,7 @@ def astring(value: bytes) -> Part:
     """Encode ``value`` as an atom, a quoted string or a literal."""
     if value and not _ATOM_SPECIALS.search(value) and value.upper() != b"NIL":
         return value
-    if len(value) < 1024 and not _QUOTABLE.search(value):
-        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-    return Literal(value)
+    return quoted(value)
 
 
 def quoted(value: bytes) -> Part:
@@ -259,14 +259,7 @@ class IMAPSession:
 
     async def _send_all(self, commands: Sequence[Command]) -> List[CommandResult]:
         """Pipeline ``commands``; wait for all, failing with the first error."""
-        deferreds = [self.protocol.send(c) for c in commands]
-        try:
-            return list(await gatherResults(deferreds, consumeErrors=True))
-        except Exception as e:
-            inner = getattr(e, "subFailure", None)
-            if isinstance(inner, Failure):
-                inner.raiseException()
-            raise
+        return await gather(*(self.protocol.send(c) for c in commands))
 
     # -- connection-level commands --------------------------------------
 
@@ -627,7 +620,7 @@ class IMAPSession:
                     if isinstance(response, VanishedResponse):
                         gone = gone | response.uids
                     elif isinstance(response, FetchResponse):
-                        _record(changes, response)
+                        record_change(changes, response)
             return Changes(gone, changes)
 
         return _deferred(run())
@@ -649,7 +642,7 @@ class IMAPSession:
             for result in await self._send_all(commands):
                 for response in result.responses:
                     if isinstance(response, FetchResponse):
-                        _record(changes, response)
+                        record_change(changes, response)
             return changes
 
         return _deferred(run())
@@ -878,15 +871,6 @@ def notify_spec(initial_status: bool = False, mailboxes: bytes = b"PERSONAL") ->
     return b" ".join(spec)
 
 
-def _record(changes: Dict[int, Tuple[int, Flags]], response: FetchResponse) -> None:
-    if response.uid is None or response.flags is None:
-        return
-    modseq = response.modseq if response.modseq is not None else 0
-    known = changes.get(response.uid)
-    if known is None or modseq >= known[0]:
-        changes[response.uid] = (modseq, without_recent(response.flags))
-
-
 def _quoted_bytes(value: bytes) -> bytes:
     part = quoted(value)
     if isinstance(part, Literal):
@@ -916,3 +900,18 @@ def _join_parens(parts: List[Part]) -> List[Part]:
             out.append(part)
         glue = False
     return out
+
+
+async def close_all(
+    sessions: Sequence[IIMAPSession], clock: IReactorTime, timeout: float = 15
+) -> None:
+    """LOGOUT every session, then wait (at most ``timeout`` s each) until its
+    connection is closed: a tunnel's command has exited."""
+    await gather(*(s.logout() for s in sessions))
+    for session in sessions:
+        closed = session.when_closed()
+        closed.addTimeout(timeout, clock)
+        try:
+            await closed
+        except Exception:
+            pass
