@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
+import tempfile
 from typing import List, Optional, Sequence
 
 from hypothesis import given, settings
@@ -29,6 +32,7 @@ from imapsync.imap.response import (
     UntaggedResponse,
     VanishedResponse,
 )
+from imapsync.imap.spool import SpooledBody, body_digest
 from imapsync.imap.uidset import UIDSet
 
 
@@ -301,6 +305,7 @@ class LiteralTests(SynchronousTestCase):
     def test_big_literal_frees_buffer(self) -> None:
         """A big literal is moved out of the receive buffer as it arrives."""
         parser = ResponseParser()
+        parser.spool_at = 10**9  # held in memory, not spooled
         parser.feed(b"* 1 FETCH (BODY[] {4000000}\r\n")
         self.assertIsNone(parser.next_response())
         for _ in range(3):
@@ -805,3 +810,54 @@ class MalformedTests(SynchronousTestCase):
             return
         # Whatever parses must parse alike in small chunks.
         self.assertEqual(parse_all(data, [3]), whole)
+
+
+class SpoolTests(SynchronousTestCase):
+    """Message bodies from `ResponseParser.spool_at` bytes on go to a file."""
+
+    def feed_body(self, parser: ResponseParser, body: bytes, chunk: int) -> FetchResponse:
+        data = b"* 1 FETCH (UID 7 BODY[] {%d}\r\n%s FLAGS (\\Seen))\r\n" % (len(body), body)
+        response = None
+        for start in range(0, len(data), chunk):
+            parser.feed(data[start : start + chunk])
+            response = parser.next_response() or response
+        assert isinstance(response, FetchResponse)
+        return response
+
+    def test_large_body_is_spooled(self) -> None:
+        parser = ResponseParser()
+        parser.spool_at = 1000
+        body = bytes(range(256)) * 40
+        response = self.feed_body(parser, body, 333)
+        assert isinstance(response.body, SpooledBody)
+        self.assertEqual(len(response.body), len(body))
+        self.assertEqual(response.body.getvalue(), body)
+        self.assertEqual(response.body.read(10, 5), body[10:15])
+        self.assertEqual(body_digest(response.body), hashlib.sha256(body).digest())
+        self.assertEqual(response.flags, (b"\\Seen",))
+        self.assertEqual(response.uid, 7)
+
+    def test_small_body_stays_bytes(self) -> None:
+        parser = ResponseParser()
+        parser.spool_at = 1000
+        response = self.feed_body(parser, b"x" * 999, 100)
+        self.assertEqual(response.body, b"x" * 999)
+
+    def test_spooled_literal_elsewhere_is_refused(self) -> None:
+        """Only a message body may be that large: a mailbox name may not."""
+        parser = ResponseParser()
+        parser.spool_at = 1000
+        parser.feed(b'* LIST () "/" {2000}\r\n' + b"a" * 2000 + b"\r\n")
+        exc = self.assertRaises(ProtocolError, parser.next_response)
+        self.assertIn("literal of 2000 bytes", str(exc))
+
+    def test_unwritable_spool_directory(self) -> None:
+        """No room for the spool file: one clear error, not a traceback."""
+        parser = ResponseParser()
+        parser.spool_at = 1000
+        missing = os.path.join(tempfile.mkdtemp(), "gone")
+        self.patch(tempfile, "tempdir", missing)
+        parser.feed(b"* 1 FETCH (BODY[] {2000}\r\n")
+        exc = self.assertRaises(ProtocolError, parser.next_response)
+        self.assertIn("cannot keep a message of 2000 bytes in a temporary file", str(exc))
+        self.assertIn("TMPDIR", str(exc))

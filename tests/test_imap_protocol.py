@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import base64
 import zlib
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from imapsync.imap import _protocol
 from imapsync.imap._protocol import Command, IMAP4ClientProtocol, Literal
 from imapsync.imap.errors import (
     AuthenticationError,
@@ -25,6 +27,7 @@ from imapsync.imap.errors import (
 )
 from imapsync.imap.response import ConditionResponse, ListResponse, StatusResponse
 from imapsync.imap.session import AppendMessage, FetchedMessage, IMAPSession, notify_spec
+from imapsync.imap.spool import SpooledBody
 from imapsync.imap.uidset import UIDSet
 
 CAPS = (
@@ -593,3 +596,76 @@ class UnsolicitedDuringCommandsTests(SynchronousTestCase):
         )
         self.assertEqual(self.successResultOf(d).modseqs, {1: 6, 2: 7})
         self.assertEqual(session.take_changes().changes, {2: (7, (b"$Other",))})
+
+
+def spooled(data: bytes) -> SpooledBody:
+    body = SpooledBody()
+    body.write(data)
+    body.finish()
+    return body
+
+
+class PacedTransport(StringTransport):
+    """A transport whose buffer is "full" after every write until `drain`."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and self.streaming:
+            self.producer.pauseProducing()
+
+    def writeSequence(self, seq: Sequence[bytes]) -> None:
+        self.write(b"".join(seq))
+
+    def drain(self) -> bytes:
+        data = sent(self)
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        return data
+
+
+class SpooledLiteralTests(SynchronousTestCase):
+    """A spooled message body is streamed, paced by the transport."""
+
+    def test_streamed_in_chunks_then_the_rest(self) -> None:
+        self.patch(_protocol, "STREAM_CHUNK", 4)
+        clock = Clock()
+        protocol = IMAP4ClientProtocol(clock, timeout=30)
+        transport = PacedTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"* OK [CAPABILITY " + CAPS + b"] ready\r\n")
+        session = IMAPSession(protocol, "local")
+        body = spooled(b"0123456789")
+        appended = session.append(
+            b"INBOX", [AppendMessage(body, (b"\\Seen",)), AppendMessage(b"small")]
+        )
+        noop = session.noop()
+        # The command line and the first chunk, then one chunk per drain.
+        self.assertEqual(sent(transport), b"1 APPEND INBOX (\\Seen) {10+}\r\n0123")
+        self.assertIs(transport.producer, protocol._streaming)
+        self.assertEqual(transport.drain(), b"")
+        self.assertEqual(sent(transport), b"4567")
+        # Uploading keeps the command alive past its timeout.
+        clock.advance(20)
+        transport.drain()
+        clock.advance(20)
+        self.assertEqual(sent(transport), b"89 () {5+}\r\nsmall\r\n2 NOOP\r\n")
+        self.assertIsNone(transport.producer)
+        self.assertNoResult(appended)
+        protocol.dataReceived(b"1 OK [APPENDUID 3 8:9] done\r\n2 OK noop\r\n")
+        self.assertEqual(self.successResultOf(appended).uids, (8, 9))
+        self.successResultOf(noop)
+
+    def test_connection_lost_while_streaming(self) -> None:
+        self.patch(_protocol, "STREAM_CHUNK", 4)
+        protocol = IMAP4ClientProtocol(Clock(), timeout=30)
+        transport = PacedTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"* OK [CAPABILITY " + CAPS + b"] ready\r\n")
+        session = IMAPSession(protocol, "local")
+        appended = session.append(b"INBOX", [AppendMessage(spooled(b"0123456789"))])
+        sent(transport)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(appended, ConnectionLostError)
+        # Nothing more is written, even if the transport asks.
+        transport.drain()
+        self.assertEqual(sent(transport), b"")

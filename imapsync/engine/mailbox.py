@@ -9,7 +9,6 @@ propagated.  The stored values only move forward once that is true.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple, TypeVar
 
 import attrs
@@ -20,6 +19,7 @@ from imapsync.engine.report import Reporter
 from imapsync.imap.defer import gather
 from imapsync.imap.errors import NoResponse
 from imapsync.imap.session import AppendMessage, FetchedMessage, SelectResult
+from imapsync.imap.spool import body_digest, release
 from imapsync.imap.uidset import UIDSet
 from imapsync.interfaces import IIMAPSession
 from imapsync.state import Side as SideName
@@ -358,6 +358,9 @@ class MailboxSynchronizer:
             except Exception as e:
                 self._append_failed(target, messages, e, errors)
                 return
+            finally:
+                for message in messages:
+                    release(message.body)
             try:
                 self._appended(source, target, messages, result.uids)
             except Exception as e:
@@ -375,7 +378,7 @@ class MailboxSynchronizer:
                 self.store.journal_add(
                     self.idx,
                     target.name,
-                    [(m.uid, hashlib.sha256(m.body).digest()) for m in messages],
+                    [(m.uid, body_digest(m.body)) for m in messages],
                 )
             done: Deferred[None] = Deferred.fromCoroutine(send(messages))
             if not done.called:
@@ -507,7 +510,8 @@ class MailboxSynchronizer:
                 journal: Dict[bytes, List[int]] = journal,
                 adopted: List[Tuple[int, int]] = adopted,
             ) -> None:
-                sources = journal.get(hashlib.sha256(message.body).digest())
+                sources = journal.get(body_digest(message.body))
+                release(message.body)
                 if sources:
                     adopted.append((sources.pop(0), message.uid))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Callable, Dict, List, NoReturn, Optional, Tuple
+from typing import Callable, Dict, List, NoReturn, Optional, Tuple, Union
 
 from imapsync.imap.errors import ProtocolError
 from imapsync.imap.response import (
@@ -31,6 +31,7 @@ from imapsync.imap.response import (
     UntaggedResponse,
     VanishedResponse,
 )
+from imapsync.imap.spool import SPOOL_AT, Body, SpooledBody
 from imapsync.imap.uidset import UIDSet, parse_uid_list
 
 __all__ = ["DEFAULT_MAX_LINE", "DEFAULT_MAX_LITERAL", "ResponseParser"]
@@ -40,7 +41,8 @@ DEFAULT_MAX_LITERAL = 1024 * 1024 * 1024
 
 # Literals from this size on are collected in a BytesIO as they arrive, so the
 # receive buffer does not hold them whole and getvalue() hands over the
-# collected bytes without a copy: peak memory about 1x the literal.
+# collected bytes without a copy: peak memory about 1x the literal.  From
+# SPOOL_AT on, they go to a file instead (imapsync.imap.spool).
 _BIG_LITERAL = 64 * 1024
 # Consumed bytes are dropped from the buffer's front once they are this many
 # and at least half of it: amortized linear, whatever the chunk sizes.
@@ -104,10 +106,12 @@ class _Reader:
 
     __slots__ = ("_parts", "_index", "data", "pos")
 
-    def __init__(self, parts: List[bytes]) -> None:
+    def __init__(self, parts: List[Body]) -> None:
         self._parts = parts
         self._index = 0
-        self.data = parts[0]
+        first = parts[0]
+        assert isinstance(first, bytes)
+        self.data = first
         self.pos = 0
 
     def error(self, what: str) -> NoReturn:
@@ -162,6 +166,15 @@ class _Reader:
         return _QUOTED_ESCAPE.sub(rb"\1", value) if b"\\" in value else value
 
     def literal(self) -> bytes:
+        value = self.any_literal()
+        if not isinstance(value, bytes):
+            self.error(
+                f"literal of {len(value)} bytes where only a message body may be that large"
+            )
+        return value
+
+    def any_literal(self) -> Body:
+        """The literal here, spooled to a file if it is large."""
         # The framer split the response after this announcement; the literal
         # is the next part and reading goes on with the segment after it.
         found = _LITERAL_SPEC.match(self.data, self.pos)
@@ -171,7 +184,9 @@ class _Reader:
             self.error("missing literal")
         value = self._parts[self._index + 1]
         self._index += 2
-        self.data = self._parts[self._index]
+        data = self._parts[self._index]
+        assert isinstance(data, bytes)
+        self.data = data
         self.pos = 0
         return value
 
@@ -481,7 +496,7 @@ def _parse_fetch(reader: _Reader, seq: int) -> FetchResponse:
     flags: Optional[Tuple[bytes, ...]] = None
     internaldate: Optional[bytes] = None
     size: Optional[int] = None
-    body: Optional[bytes] = None
+    body: Optional[Body] = None
     extra: Dict[bytes, Token] = {}
     while True:
         item = reader.atom().upper()
@@ -505,7 +520,7 @@ def _parse_fetch(reader: _Reader, seq: int) -> FetchResponse:
         elif item in _BODY_ITEMS:
             if reader.peek() == _LPAREN:
                 reader.error("invalid message body")
-            body = reader.scalar()
+            body = reader.any_literal() if reader._is_literal() else reader.scalar()
         else:
             extra[item] = reader.token()
         if reader.peek() == _RPAREN:
@@ -535,9 +550,9 @@ def _parse_untagged(reader: _Reader) -> Response:
     return UntaggedResponse(name, None, tuple(reader.args()))
 
 
-def _parse_response(parts: List[bytes]) -> Response:
+def _parse_response(parts: List[Body]) -> Response:
     reader = _Reader(parts)
-    line = parts[0]
+    line = reader.data
     if line.startswith(b"* "):
         reader.pos = 2
         return _parse_untagged(reader)
@@ -588,11 +603,14 @@ class ResponseParser:
         self._pos = 0
         self._scan = 0
         # The response being framed: segments and the literals between them.
-        self._parts: List[bytes] = []
+        self._parts: List[Body] = []
         self._line_length = 0  # bytes of its segments so far
         # Bytes of the literal being read still to come; -1 when none.
         self._literal_left = -1
         self._literal_io: Optional[io.BytesIO] = None
+        self._spool: Optional[SpooledBody] = None
+        # Literals from this size on are spooled to a file.
+        self.spool_at = SPOOL_AT
         # For --debug: keep the last response's lines, literals left out.
         self.keep_text = False
         self.last_text = b""
@@ -615,6 +633,7 @@ class ResponseParser:
         self._line_length = 0
         self._literal_left = -1
         self._literal_io = None
+        self._spool = None
         return remaining
 
     def next_response(self) -> Optional[Response]:
@@ -652,11 +671,16 @@ class ResponseParser:
                 self._line_length = 0
                 if self.keep_text:
                     # Segments end with their literal's {N}: the bodies stay out.
-                    self.last_text = b"".join(parts[0::2])
+                    self.last_text = b"".join(p for p in parts[0::2] if isinstance(p, bytes))
                 return _parse_response(parts)
             self._line_length += len(segment)
             self._literal_left = size
-            if size >= _BIG_LITERAL:
+            if size >= self.spool_at:
+                try:
+                    self._spool = SpooledBody()
+                except OSError as e:
+                    self._spool_failed(size, e)
+            elif size >= _BIG_LITERAL:
                 self._literal_io = io.BytesIO()
 
     def _announced_literal(self, segment: bytes) -> int:
@@ -677,7 +701,10 @@ class ResponseParser:
         """Consume literal bytes; True once the literal is complete."""
         buffer = self._buffer
         available = len(buffer) - self._pos
-        if self._literal_io is None:
+        collector: Union[SpooledBody, io.BytesIO, None] = (
+            self._spool if self._spool is not None else self._literal_io
+        )
+        if collector is None:
             if available < self._literal_left:
                 return False
             end = self._pos + self._literal_left
@@ -685,17 +712,34 @@ class ResponseParser:
             self._pos = self._scan = end
         else:
             take = min(available, self._literal_left)
-            with memoryview(buffer) as view:
-                self._literal_io.write(view[self._pos : self._pos + take])
+            if take:
+                with memoryview(buffer) as view:
+                    try:
+                        collector.write(view[self._pos : self._pos + take])
+                    except OSError as e:
+                        self._spool_failed(self._literal_left, e)
             self._pos = self._scan = self._pos + take
             self._literal_left -= take
             self._compact()
             if self._literal_left:
                 return False
-            self._parts.append(self._literal_io.getvalue())
-            self._literal_io = None
+            if self._spool is not None:
+                self._spool.finish()
+                self._parts.append(self._spool)
+                self._spool = None
+            else:
+                assert self._literal_io is not None
+                self._parts.append(self._literal_io.getvalue())
+                self._literal_io = None
         self._literal_left = -1
         return True
+
+    def _spool_failed(self, size: int, error: OSError) -> NoReturn:
+        self._spool = None
+        raise ProtocolError(
+            f"cannot keep a message of {size} bytes in a temporary file ({error.strerror}): "
+            "set TMPDIR to a directory with room"
+        )
 
     def _check_pending_line(self) -> None:
         """Enforce max_line while a line is incomplete; resume the scan at its end."""

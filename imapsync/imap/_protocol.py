@@ -17,9 +17,10 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, 
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from imapsync._prefix import PrefixLogger
 from imapsync.imap._parser import ResponseParser
@@ -46,6 +47,7 @@ from imapsync.imap.response import (
     TaggedResponse,
     VanishedResponse,
 )
+from imapsync.imap.spool import Body, SpooledBody
 from imapsync.imap.uidset import UIDSet
 
 log = PrefixLogger()
@@ -60,6 +62,11 @@ DEFAULT_WINDOW = 64
 # with a large MULTIAPPEND, short enough that a cut link is noticed.
 DEFAULT_TIMEOUT = 120.0
 
+# A spooled literal (imapsync.imap.spool) is read back and written this
+# many bytes at a time, the next only once the transport has drained: the
+# transport's buffer, not the message, bounds the memory used.
+STREAM_CHUNK = 256 * 1024
+
 # Synchronizing literals up to this size are sent non-synchronizing when the
 # server offers LITERAL- (RFC 7888); LITERAL+ has no limit.
 LITERAL_MINUS_MAX = 4096
@@ -69,7 +76,7 @@ LITERAL_MINUS_MAX = 4096
 class Literal:
     """A command argument sent as a literal (``{N}`` or ``~{N}`` for binary)."""
 
-    data: bytes
+    data: Body
     binary: bool = False
 
 
@@ -125,7 +132,7 @@ class CommandResult:
 
 @attrs.frozen
 class _LiteralData:
-    data: bytes
+    data: Body
 
 
 @attrs.define(eq=False)
@@ -220,6 +227,9 @@ class IMAP4ClientProtocol(Protocol):
         self._closed_waiters: List[Deferred[None]] = []
         self._inflater: Optional[Any] = None
         self._deflater: Optional[Any] = None
+        # Bytes queued behind a spooled literal being streamed.
+        self._out: Deque[Body] = deque()
+        self._streaming: Optional[_SpoolWriter] = None
 
     # -- observers -------------------------------------------------------
 
@@ -298,7 +308,7 @@ class IMAP4ClientProtocol(Protocol):
 
     def _write_command_parts(self, command: Command, first: bool) -> None:
         """Write ``command`` up to its end or its next synchronizing literal."""
-        chunks: List[bytes] = []
+        chunks: List[Body] = []
         log_chunks: List[bytes] = []
         if first:
             head = command.tag + b" " + command.name
@@ -345,17 +355,53 @@ class IMAP4ClientProtocol(Protocol):
         self._write([data.data])
         self._write_command_parts(command, first=False)
 
-    def _write(self, chunks: List[bytes]) -> None:
+    def _write(self, chunks: Sequence[Body]) -> None:
         if self.transport is None:
             return
-        size = sum(len(c) for c in chunks)
-        self.bytes_sent += size
+        self.bytes_sent += sum(len(c) for c in chunks)
+        if self._streaming is None and not any(isinstance(c, SpooledBody) for c in chunks):
+            self._send_bytes(chunks)  # type: ignore[arg-type]
+            return
+        # A spooled literal is streamed; whatever follows waits its turn.
+        self._out.extend(chunks)
+        if self._streaming is None:
+            self._drain_out()
+
+    def _drain_out(self) -> None:
+        """Write the queued bytes, up to the next spooled literal, which starts streaming."""
+        pending: List[bytes] = []
+        while self._out and self.transport is not None:
+            chunk = self._out.popleft()
+            if isinstance(chunk, SpooledBody):
+                if pending:
+                    self._send_bytes(pending)
+                    pending = []
+                self._streaming = _SpoolWriter(self, chunk)
+                self._transport.registerProducer(self._streaming, True)
+                self._streaming.resumeProducing()
+                return
+            pending.append(chunk)
+        if pending:
+            self._send_bytes(pending)
+
+    def _streamed(self, writer: _SpoolWriter) -> None:
+        """``writer`` wrote its last byte."""
+        if self._streaming is not writer:
+            return
+        self._streaming = None
+        if self.transport is not None:
+            self._transport.unregisterProducer()
+        self._drain_out()
+
+    def _send_bytes(self, chunks: Sequence[bytes]) -> None:
+        if self.transport is None:
+            return
         if self._deflater is not None:
             compressed = [self._deflater.compress(c) for c in chunks]
             compressed.append(self._deflater.flush(zlib.Z_SYNC_FLUSH))
             self.transport.write(b"".join(compressed))
         else:
-            self.transport.writeSequence(chunks)
+            self.transport.writeSequence(list(chunks))
 
     def _log_sent(self, command: Command, line: bytes) -> None:
         if not self.debug:
@@ -694,6 +740,10 @@ class IMAP4ClientProtocol(Protocol):
 
     def _fail_all(self, failure: Failure) -> None:
         self._lost = failure
+        if self._streaming is not None:
+            self._streaming.stopProducing()
+            self._streaming = None
+        self._out.clear()
         self._cancel_timer()
         pending = list(self._inflight.values()) + list(self._queue)
         self._inflight.clear()
@@ -763,3 +813,51 @@ def _failed(failure: Failure) -> Deferred[CommandResult]:
     d: Deferred[CommandResult] = Deferred()
     d.errback(failure)
     return d
+
+
+@implementer(IPushProducer)
+class _SpoolWriter:
+    """Streams one spooled literal to the protocol's transport.
+
+    A push producer: it writes `STREAM_CHUNK` bytes at a time until the
+    transport's buffer is full (the transport pauses it) and goes on when
+    the transport resumes it.
+    """
+
+    def __init__(self, protocol: IMAP4ClientProtocol, body: SpooledBody) -> None:
+        self._protocol = protocol
+        self._body = body
+        self._offset = 0
+        self._paused = False
+        self._stopped = False
+        self._writing = False
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def stopProducing(self) -> None:
+        self._paused = self._stopped = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._writing or self._stopped:
+            return
+        self._writing = True
+        protocol, body = self._protocol, self._body
+        try:
+            while not self._paused and self._offset < len(body):
+                data = body.read(self._offset, STREAM_CHUNK)
+                if not data:
+                    protocol._fatal(ProtocolError("a spooled message was truncated on disk"))
+                    return
+                self._offset += len(data)
+                protocol._send_bytes([data])
+                # Uploading is progress: the server owes no answer meanwhile.
+                protocol._arm_timer()
+        except OSError as e:
+            protocol._fatal(ProtocolError(f"cannot read back a spooled message: {e.strerror}"))
+            return
+        finally:
+            self._writing = False
+        if self._offset >= len(body) and not self._stopped:
+            protocol._streamed(self)

@@ -158,6 +158,17 @@ class _TunnelTransport:
         if transport is not None:
             transport.resumeProducing()
 
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """The producer writes to the command's stdin, paced by its pipe."""
+        transport: Any = self._process.transport
+        if transport is not None and not self._process._exited:
+            transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        transport: Any = self._process.transport
+        if transport is not None:
+            transport.unregisterProducer()
+
     def startTLS(self, creator: Any) -> None:
         raise ProtocolError("STARTTLS is not available over a tunnel")
 

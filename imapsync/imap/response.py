@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import attrs
 
+from imapsync.imap.spool import Body
 from imapsync.imap.uidset import UIDSet
 
 # A parsed token of the generic grammar: an atom/quoted/literal string
@@ -108,7 +109,7 @@ class FetchResponse:
     flags: Optional[Tuple[bytes, ...]] = None
     internaldate: Optional[bytes] = None
     size: Optional[int] = None
-    body: Optional[bytes] = None
+    body: Optional[Body] = None
     extra: Dict[bytes, Token] = attrs.field(factory=dict)
 
 

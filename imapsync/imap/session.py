@@ -57,6 +57,7 @@ from imapsync.imap.response import (
     UntaggedResponse,
     VanishedResponse,
 )
+from imapsync.imap.spool import Body
 from imapsync.imap.uidset import UIDSet
 from imapsync.interfaces import IIMAPSession
 
@@ -159,7 +160,7 @@ class FetchedMessage:
     uid: int
     flags: Flags
     internaldate: Optional[bytes]
-    body: bytes
+    body: Body
     modseq: Optional[int] = None
 
 
@@ -167,7 +168,7 @@ class FetchedMessage:
 class AppendMessage:
     """A message to APPEND: its body, flags (``\\Recent`` dropped) and date."""
 
-    body: bytes
+    body: Body
     flags: Flags = ()
     internaldate: Optional[bytes] = None
 
