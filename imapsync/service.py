@@ -111,7 +111,8 @@ async def run_once(reactor: Any, config: Config, options: Options) -> int:
             else:
                 await _command(config, options, store, reporter, sessions)
         except (IMAPError, SyncError, CommandError, ValueError) as e:
-            reporter.error(None, None, str(e))
+            # "remote: ERROR: ..." when the error says which server it was.
+            reporter.error(getattr(e, "server", None), None, str(e))
             status = EXIT_ERROR
         finally:
             await sessions.close(reporter)

@@ -110,6 +110,23 @@ def _decode_modseq(value: int) -> int:
     return value % _UINT64
 
 
+# Consecutive UIDs from this many on are looked up by one range scan.
+_RUN = 16
+
+
+def _runs(values: list[int]) -> Iterator[tuple[int, int]]:
+    """(first, last) of each run of consecutive integers in sorted ``values``."""
+    if not values:
+        return
+    first = last = values[0]
+    for value in values[1:]:
+        if value != last + 1:
+            yield first, last
+            first = value
+        last = value
+    yield first, last
+
+
 def _chunks(values: list[int]) -> Iterator[list[int]]:
     for start in range(0, len(values), _CHUNK):
         yield values[start : start + _CHUNK]
@@ -552,7 +569,21 @@ class StateStore:
         """``side``'s UIDs -> the other side's, for those that are mapped."""
         this, other = _uid_columns(side)
         result: dict[int, int] = {}
-        for chunk in _chunks(sorted(set(uids))):
+        singles: list[int] = []
+        # Runs of consecutive UIDs (most sets are few long ranges) are read
+        # with one range scan each; the rest, with IN lists.
+        for first, last in _runs(sorted(set(uids))):
+            if last - first < _RUN:
+                singles.extend(range(first, last + 1))
+                continue
+            result.update(
+                self._conn.execute(
+                    f"SELECT {this}, {other} FROM mapping"
+                    f" WHERE idx = ? AND {this} BETWEEN ? AND ?",
+                    (idx, first, last),
+                )
+            )
+        for chunk in _chunks(singles):
             placeholders = ", ".join("?" * len(chunk))
             result.update(
                 self._conn.execute(

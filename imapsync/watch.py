@@ -146,11 +146,13 @@ class Watcher:
                 if self._connections != connections:
                     backoff, failing = BACKOFF_FIRST, False
                 # Say it once, not at every attempt.
+                # "...closed cleanly.; reconnecting" reads badly.
+                error = str(e).rstrip(".")
                 if not failing:
-                    log.warn("WARNING: {error}; reconnecting", error=e)
+                    log.warn("WARNING: {error}; reconnecting", error=error)
                     failing = True
                 else:
-                    log.debug("still failing: {error}", error=e)
+                    log.debug("still failing: {error}", error=error)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 

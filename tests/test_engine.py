@@ -21,6 +21,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from imapsync.engine import mailbox
 from imapsync.engine.commands import CommandError, delete, rename
 from imapsync.engine.listing import SideSpec
 from imapsync.engine.report import Reporter
@@ -170,6 +171,24 @@ class ChangeTests(SynchronousTestCase):
         self.assertEqual(h.local.messages(b"INBOX")[self.uids[2]].flags, {b"\\Seen", b"\\Flagged"})
         warnings = h.lines(LogLevel.warn)
         self.assertTrue(any("Conflicting flag update in INBOX" in w for w in warnings), warnings)
+
+    def test_many_changes_go_in_slices(self) -> None:
+        """Changes are propagated a slice at a time, conflicts across slices included."""
+        self.patch(mailbox, "FLAG_SLICE", 3)
+        h = self.h
+        for i in range(0, 10, 2):
+            h.local.set_flags(b"INBOX", self.uids[i], [b"$Work"])
+        for i in range(1, 10, 3):
+            h.remote.set_flags(b"INBOX", self.ruids[i], [b"\\Answered"])
+        h.local.set_flags(b"INBOX", self.uids[9], [b"\\Seen"])
+        h.remote.set_flags(b"INBOX", self.ruids[9], [b"\\Flagged"])
+        h.sync()
+        h.assert_equal(self)
+        flags = {i: h.local.messages(b"INBOX")[self.uids[i]].flags for i in range(10)}
+        self.assertEqual(flags[0], {b"$Work"})
+        self.assertEqual(flags[1], {b"\\Answered"})
+        self.assertEqual(flags[4], {b"$Work", b"\\Answered"})
+        self.assertEqual(flags[9], {b"\\Seen", b"\\Flagged"})
 
     def test_expunges_both_ways(self) -> None:
         h = self.h

@@ -142,7 +142,11 @@ async def plan(
                 reporter,
             )
         except (IMAPError, MailboxNameConflictError) as e:
-            reporter.error(None, None, f"{display(name)}: {e}")
+            server = e.server if isinstance(e, IMAPError) else None
+            if server is not None:
+                reporter.error(server, name, str(e))
+            else:
+                reporter.error(None, None, f"{display(name)}: {e}")
             listing.failed += 1
             continue
         if plan_ is not None:

@@ -18,7 +18,7 @@ from imapsync.engine.names import display
 from imapsync.engine.report import Reporter
 from imapsync.imap.defer import gather
 from imapsync.imap.errors import NoResponse
-from imapsync.imap.session import AppendMessage, FetchedMessage, SelectResult
+from imapsync.imap.session import AppendMessage, AppendResult, FetchedMessage, SelectResult
 from imapsync.imap.spool import body_digest, release
 from imapsync.imap.uidset import UIDSet
 from imapsync.interfaces import IIMAPSession
@@ -36,6 +36,10 @@ SideChanges = Tuple[Tuple[UIDSet, Changes], Tuple[UIDSet, Changes]]
 # (interimap's figures; measured on Dovecot, bigger batches gain nothing).
 BATCH_MESSAGES = 128
 BATCH_BYTES = 1024 * 1024
+# Flag changes are propagated this many UIDs at a time: the database
+# lookups and STORE commands of one slice are one step of the reactor, so
+# a mailbox whose every message changed does not stall it.
+FLAG_SLICE = 5000
 # Batches in flight per direction: one being stored by the target while
 # the next is read from the source keeps both servers busy; more would
 # only hold memory.
@@ -43,7 +47,14 @@ BATCHES_IN_FLIGHT = 2
 
 
 class SyncError(Exception):
-    """This mailbox cannot be synchronized; nothing unsafe was done."""
+    """This mailbox cannot be synchronized; nothing unsafe was done.
+
+    ``server``: the side at fault ("local", "remote"), when one is.
+    """
+
+    def __init__(self, message: str, server: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.server = server
 
 
 class StopRequested(Exception):
@@ -103,6 +114,8 @@ class MailboxSynchronizer:
             (local_sel.vanished, dict(local_sel.changes)),
             (remote_sel.vanished, dict(remote_sel.changes)),
         )
+        # What the last pass asked each side to copy.
+        asked: Dict[str, UIDSet] = {}
         while True:
             if self.should_stop():
                 # Nothing is half done here; the next run carries on.
@@ -125,10 +138,13 @@ class MailboxSynchronizer:
             )
             if not (new_local or new_remote or _any(self._fresh(changes))):
                 break
+            self._check_delivered(self.local, new_local, asked)
+            self._check_delivered(self.remote, new_remote, asked)
             if new_local:
                 await self._copy(self.local, self.remote, new_local)
             if new_remote:
                 await self._copy(self.remote, self.local, new_remote)
+            asked = {"local": new_local, "remote": new_remote}
         with self.store.transaction():
             for side, (uidnext, modseq) in (
                 (self.local, local_status),
@@ -141,6 +157,23 @@ class MailboxSynchronizer:
                     uidnext=uidnext,
                     highestmodseq=modseq,
                 )
+
+    def _check_delivered(self, side: Side, new: UIDSet, asked: Dict[str, UIDSet]) -> None:
+        """Fail if messages the last pass asked ``side`` for are still uncopied.
+
+        The copy raises when storing fails, and a message expunged meanwhile
+        no longer shows up: so the server lists these messages but did not
+        return them (a FETCH answered for other UIDs).  Asking again would
+        loop forever.
+        """
+        missing = new & asked[side.name] if side.name in asked else None
+        if missing:
+            raise SyncError(
+                f"{side.name} server did not return message(s) UID "
+                f"{missing.to_bytes().decode()} of {display(side.wire)} when asked for "
+                "them (UID FETCH answered for other UIDs?): they were not copied",
+                server=side.name,
+            )
 
     def _fresh(self, changes: SideChanges) -> SideChanges:
         """Both sides' (vanished, changes) less the echo of this run's copies."""
@@ -196,6 +229,11 @@ class MailboxSynchronizer:
     async def _status(self, side: Side) -> Tuple[int, int]:
         """The side's (UIDNEXT, HIGHESTMODSEQ) now, after what we did."""
         status = await side.session.status(side.wire, [b"UIDNEXT", b"HIGHESTMODSEQ"])
+        if b"UIDNEXT" not in status:
+            raise SyncError(
+                f"{side.name} server answered STATUS {display(side.wire)} without its UIDNEXT",
+                server=side.name,
+            )
         modseq = status.get(b"HIGHESTMODSEQ", side.known_modseq)
         side.known_modseq = max(side.known_modseq, modseq)
         return status[b"UIDNEXT"], modseq
@@ -254,30 +292,40 @@ class MailboxSynchronizer:
             self.reporter.removed(side.name, self.name, gone)
 
     async def _propagate_flags(self, local_changes: Changes, remote_changes: Changes) -> None:
-        to_remote = self.store.map_uids(self.idx, "local", local_changes)
-        to_local = self.store.map_uids(self.idx, "remote", remote_changes)
-        # Target flags: side name -> {uid: flags}.
-        updates: Dict[str, Dict[int, Flags]] = {"local": {}, "remote": {}}
-        for luid, ruid in to_remote.items():
-            lflags = local_changes[luid][1]
-            if ruid in remote_changes:
-                rflags = remote_changes[ruid][1]
-                if _same(lflags, rflags):
-                    continue
-                union = _union(lflags, rflags)
-                self.reporter.conflict(self.name, luid, lflags, ruid, rflags, union)
-                updates["local"][luid] = union
-                updates["remote"][ruid] = union
-            else:
-                updates["remote"][ruid] = lflags
-        for ruid, luid in to_local.items():
-            if luid in local_changes:
-                continue
-            updates["local"][luid] = remote_changes[ruid][1]
-        await gather(
-            self._store_flags(self.local, updates["local"]),
-            self._store_flags(self.remote, updates["remote"]),
-        )
+        # Local changes first (a conflict is met there), then the remote
+        # ones that are not conflicts, FLAG_SLICE UIDs at a time.
+        local_uids = sorted(local_changes)
+        for start in range(0, len(local_uids), FLAG_SLICE):
+            to_remote = self.store.map_uids(
+                self.idx, "local", local_uids[start : start + FLAG_SLICE]
+            )
+            # Target flags, per side.
+            to_l: Dict[int, Flags] = {}
+            to_r: Dict[int, Flags] = {}
+            for luid, ruid in to_remote.items():
+                lflags = local_changes[luid][1]
+                if ruid in remote_changes:
+                    rflags = remote_changes[ruid][1]
+                    if _same(lflags, rflags):
+                        continue
+                    union = _union(lflags, rflags)
+                    self.reporter.conflict(self.name, luid, lflags, ruid, rflags, union)
+                    to_l[luid] = union
+                    to_r[ruid] = union
+                else:
+                    to_r[ruid] = lflags
+            await gather(self._store_flags(self.local, to_l), self._store_flags(self.remote, to_r))
+        remote_uids = sorted(remote_changes)
+        for start in range(0, len(remote_uids), FLAG_SLICE):
+            to_local = self.store.map_uids(
+                self.idx, "remote", remote_uids[start : start + FLAG_SLICE]
+            )
+            to_l = {
+                luid: remote_changes[ruid][1]
+                for ruid, luid in to_local.items()
+                if luid not in local_changes
+            }
+            await self._store_flags(self.local, to_l)
 
     async def _store_flags(self, side: Side, wanted: Dict[int, Flags]) -> None:
         """Set ``wanted`` flags on ``side``, one STORE per distinct flag list.
@@ -362,6 +410,7 @@ class MailboxSynchronizer:
                 for message in messages:
                     release(message.body)
             try:
+                self._check_appenduid(target, result)
                 self._appended(source, target, messages, result.uids)
             except Exception as e:
                 errors.append(e)
@@ -412,6 +461,28 @@ class MailboxSynchronizer:
         if errors:
             raise errors[0]
 
+    def _check_appenduid(self, target: Side, result: AppendResult) -> None:
+        """Refuse an APPENDUID that cannot name what was just stored.
+
+        Nothing is recorded then; the journal stays, so the next run
+        recognizes the stored messages by their content.
+        """
+        where = f"{target.name} server answered APPEND to {display(target.wire)} with APPENDUID"
+        if result.uidvalidity != target.uidvalidity:
+            raise SyncError(
+                f"{where} for UIDVALIDITY {result.uidvalidity}, but the mailbox has "
+                f"{target.uidvalidity}: nothing recorded",
+                server=target.name,
+            )
+        uids = result.uids
+        taken = self.store.map_uids(self.idx, target.name, uids)
+        if len(set(uids)) != len(uids) or taken:
+            named = UIDSet.from_iterable(taken or uids).to_bytes().decode()
+            raise SyncError(
+                f"{where} naming UID(s) {named} that are already in use: nothing recorded",
+                server=target.name,
+            )
+
     def _appended(
         self, source: Side, target: Side, messages: List[FetchedMessage], uids: Tuple[int, ...]
     ) -> None:
@@ -447,7 +518,8 @@ class MailboxSynchronizer:
             with self.store.transaction():
                 self.store.journal_remove(self.idx, target.name, [m.uid for m in messages])
             error = SyncError(
-                f"{target.name} refused to store {len(messages)} message(s) in {display(target.wire)}: {error.text}"
+                f"{target.name} refused to store {len(messages)} message(s) in {display(target.wire)}: {error.text}",
+                server=target.name,
             )
         errors.append(error)
 

@@ -136,10 +136,14 @@ class Synchronizer:
                 except StopRequested:
                     return
                 except SyncError as e:
-                    self.reporter.error(None, None, str(e))
+                    self.reporter.error(e.server, job.name if e.server else None, str(e))
                     failures[0] += 1
                 except IMAPError as e:
-                    self.reporter.error(None, None, f"{display(job.name)}: {e}")
+                    if e.server is not None:
+                        # "remote(INBOX): ERROR: ...": which server was wrong.
+                        self.reporter.error(e.server, job.name, str(e))
+                    else:
+                        self.reporter.error(None, None, f"{display(job.name)}: {e}")
                     failures[0] += 1
                     if not _alive(local) or not _alive(remote):
                         # This pair is gone; another worker may go on.

@@ -17,6 +17,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, 
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -476,7 +477,12 @@ class IMAP4ClientProtocol(Protocol):
             b"PREAUTH",
             b"BYE",
         ):
-            self._fatal(ProtocolError(f"unexpected server greeting: {response!r}"))
+            self._fatal(
+                ProtocolError(
+                    "the server sent something else before its greeting "
+                    f"(* OK, * PREAUTH or * BYE): {_describe(response)}"
+                )
+            )
             return
         if response.status == b"BYE":
             self._fatal(ByeResponse(_text(response.text)))
@@ -516,9 +522,9 @@ class IMAP4ClientProtocol(Protocol):
                 command.deferred.callback(CommandResult(response, tuple(command.responses)))
         else:
             error_class = BadResponse if response.status == b"BAD" else NoResponse
-            command.deferred.errback(
-                Failure(error_class(command.name, response.code, _text(response.text)))
-            )
+            refused = error_class(command.name, response.code, _text(response.text))
+            refused.server = self.name
+            command.deferred.errback(Failure(refused))
         self._pump()
 
     def _handle_continuation(self, response: ContinuationRequest) -> None:
@@ -724,12 +730,24 @@ class IMAP4ClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._lost is None:
-            if reason is not None and isinstance(reason.value, IMAPError):
-                error: IMAPError = reason.value
-            elif self._bye is not None:
-                error = ByeResponse(self._bye)
+            # A BYE first: it says why (a tunnel then reports its exit).
+            if self._bye is not None:
+                error: IMAPError = ByeResponse(self._bye)
+            elif reason is not None and isinstance(reason.value, ConnectionLostError):
+                detail = str(reason.value)
+                error = (
+                    reason.value
+                    if "connection" in detail
+                    else ConnectionLostError(f"connection to the server lost: {detail}")
+                )
+            elif reason is not None and isinstance(reason.value, IMAPError):
+                error = reason.value
             else:
-                detail = reason.getErrorMessage() if reason is not None else "connection closed"
+                if reason is None or reason.check(ConnectionDone):
+                    # "closed cleanly" would mislead: commands were pending.
+                    detail = "closed by the server"
+                else:
+                    detail = reason.getErrorMessage()
                 error = ConnectionLostError(f"connection to the server lost: {detail}")
             self._fail_all(Failure(error))
         self._cancel_timer()
@@ -739,6 +757,8 @@ class IMAP4ClientProtocol(Protocol):
             waiter.callback(None)
 
     def _fail_all(self, failure: Failure) -> None:
+        if isinstance(failure.value, IMAPError) and failure.value.server is None:
+            failure.value.server = self.name
         self._lost = failure
         if self._streaming is not None:
             self._streaming.stopProducing()
@@ -803,6 +823,22 @@ def _error_of(failure: Failure) -> BaseException:
     error = failure.value
     assert error is not None
     return error
+
+
+def _describe(response: Response) -> str:
+    """A short account of ``response`` for an error message."""
+    if isinstance(response, TaggedResponse):
+        return "a tagged {} for command {}".format(
+            response.status.decode("ascii", "replace"), response.tag.decode("ascii", "replace")
+        )
+    if isinstance(response, ContinuationRequest):
+        return "a continuation request"
+    if isinstance(response, ConditionResponse):
+        return "an untagged " + response.status.decode("ascii", "replace")
+    name = getattr(response, "name", None)
+    if isinstance(name, bytes):
+        return "an untagged " + name.decode("ascii", "replace")
+    return "an untagged " + type(response).__name__.removesuffix("Response").upper()
 
 
 def _text(text: bytes) -> str:

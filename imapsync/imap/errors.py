@@ -7,7 +7,14 @@ from typing import Optional
 
 
 class IMAPError(Exception):
-    """Base class of every error the IMAP client raises."""
+    """Base class of every error the IMAP client raises.
+
+    ``server`` names the side whose connection raised it ("local",
+    "remote"), once the protocol or the session has set it, so that error
+    messages can say which server was wrong.
+    """
+
+    server: Optional[str] = None
 
 
 class ProtocolError(IMAPError):

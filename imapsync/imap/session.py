@@ -10,8 +10,10 @@ the responses into value objects.  Mailbox names are wire ``bytes``.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from typing import (
+    Any,
     Awaitable,
     Callable,
     Dict,
@@ -28,6 +30,7 @@ from typing import (
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imapsync.imap._protocol import (
@@ -495,9 +498,12 @@ class IMAPSession:
                 b"(" + b" ".join(items) + b")",
                 collect=(StatusResponse,),
             )
+            # A STATUS about another mailbox (NOTIFY, or a confused server)
+            # says nothing about this one.
+            wanted = b"INBOX" if mailbox.upper() == b"INBOX" else mailbox
             found: Dict[bytes, int] = {}
             for response in result.responses:
-                if isinstance(response, StatusResponse):
+                if isinstance(response, StatusResponse) and response.mailbox == wanted:
                     found.update(response.items)
             return found
 
@@ -855,6 +861,55 @@ class IMAPSession:
             await self._send(b"NOTIFY", b"SET", spec, barrier=True)
 
         return _deferred(run())
+
+
+def _naming_the_server(
+    method: Callable[..., Deferred[Any]],
+) -> Callable[..., Deferred[Any]]:
+    """Wrap a session method so that the IMAPErrors it fails with name the
+    session's server (see `IMAPError.server`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: IMAPSession, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        def name(failure: Failure) -> Failure:
+            error = failure.value
+            if isinstance(error, IMAPError) and error.server is None:
+                error.server = self.name
+            return failure
+
+        return method(self, *args, **kwargs).addErrback(name)
+
+    return wrapper
+
+
+for _method in (
+    "capability",
+    "noop",
+    "id",
+    "enable",
+    "starttls",
+    "compress",
+    "authenticate",
+    "list_extended",
+    "status",
+    "create",
+    "delete",
+    "rename",
+    "subscribe",
+    "unsubscribe",
+    "select_qresync",
+    "unselect",
+    "fetch_changes",
+    "fetch_flags",
+    "fetch_messages",
+    "append",
+    "uid_store",
+    "uid_expunge",
+    "uid_search",
+    "notify_set",
+):
+    setattr(IMAPSession, _method, _naming_the_server(getattr(IMAPSession, _method)))
+del _method
 
 
 def notify_spec(initial_status: bool = False, mailboxes: bytes = b"PERSONAL") -> bytes:
