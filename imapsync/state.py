@@ -510,6 +510,21 @@ class StateStore:
             SideState(row[3], row[4], _decode_modseq(row[5])),
         )
 
+    def states(self) -> dict[int, MailboxState]:
+        """`state` of every mailbox that has one, in one query."""
+        rows = self._conn.execute(
+            "SELECT l.idx, l.UIDVALIDITY, l.UIDNEXT, l.HIGHESTMODSEQ,"
+            " r.UIDVALIDITY, r.UIDNEXT, r.HIGHESTMODSEQ"
+            " FROM local l JOIN remote r ON l.idx = r.idx"
+        )
+        return {
+            row[0]: MailboxState(
+                SideState(row[1], row[2], _decode_modseq(row[3])),
+                SideState(row[4], row[5], _decode_modseq(row[6])),
+            )
+            for row in rows
+        }
+
     def init_state(self, idx: int, local: SideState, remote: SideState) -> None:
         """Insert both sides' rows at once (interimap: UIDNEXT and HIGHESTMODSEQ 0)."""
         with self._write() as conn:
@@ -648,6 +663,10 @@ class StateStore:
         for digest, uid in rows:
             result.setdefault(digest, []).append(uid)
         return result
+
+    def journaled(self) -> set[int]:
+        """The mailboxes with APPENDs in flight (to either side)."""
+        return {idx for (idx,) in self._conn.execute("SELECT DISTINCT idx FROM imapsync_journal")}
 
     def journal_remove(self, idx: int, target: Side, source_uids: Iterable[int]) -> None:
         _side_table(target)

@@ -309,6 +309,31 @@ class UnsyncableMailboxTests(SynchronousTestCase):
 
 
 class ConcurrencyTests(SynchronousTestCase):
+    def test_largest_mailbox_first(self) -> None:
+        """The mailbox with the most new messages is taken first."""
+        h = Harness()
+        h.local.create(b"Big")
+        h.remote.create(b"Small")
+        h.local.append_many(b"Big", [(message(i), [], None) for i in range(6)])
+        h.remote.append_many(b"Small", [(message(100), [], None)])
+        h.local.append_many(b"INBOX", [(message(200), [], None)])
+        h.sync(workers=1)
+        h.local.append_many(b"Small", [(message(i), [], None) for i in range(300, 305)])
+        h.remote.append_many(b"INBOX", [(message(400), [], None)])
+        h.local.append_many(b"Big", [(message(500), [], None)])
+        selected: List[bytes] = []
+
+        def record(name: bytes, raw: bytes) -> None:
+            if name == b"SELECT":
+                selected.append(raw.split()[2])
+
+        h.local.on_command(record)
+        h.sync(workers=1)
+        # By name it would be Big, INBOX, Small.
+        self.assertEqual(selected[0], b"Small")
+        self.assertEqual(sorted(selected), [b"Big", b"INBOX", b"Small"])
+        h.assert_equal(self)
+
     def test_several_mailboxes_at_once_on_extra_connections(self) -> None:
         h = Harness()
         for i in range(8):

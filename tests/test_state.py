@@ -615,6 +615,18 @@ class MappingTests(StoreTestCase):
         self.assertEqual(store.mappings_from(idx, 8, 8), [])
         self.assertEqual(store.mappings_from(idx, 1, 1), store.mapping(idx))
 
+    def test_states_and_journaled_of_all_mailboxes(self) -> None:
+        store = self.open()
+        inbox = self.mailbox_with_state(store)
+        work = self.mailbox_with_state(store, b"Work")
+        store.add_mailbox(b"New", False)
+        with store.transaction():
+            store.set_state(work, "remote", uidvalidity=22, uidnext=9, highestmodseq=2**64 - 1)
+            store.journal_add(work, "local", [(3, b"d" * 32)])
+        self.assertEqual(store.states(), {inbox: store.state(inbox), work: store.state(work)})
+        self.assertEqual(store.states()[work].remote, SideState(22, 9, 2**64 - 1))
+        self.assertEqual(store.journaled(), {work})
+
     def test_hundred_thousand(self) -> None:
         """Large mailboxes: a few hundred statements for 100k UIDs, not one per UID."""
         store = self.open()

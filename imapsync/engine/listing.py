@@ -8,7 +8,7 @@ SELECT at all.
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Pattern, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Pattern, Sequence, Set, Tuple
 
 import attrs
 
@@ -48,6 +48,8 @@ class MailboxPlan:
     remote_wire: bytes
     state: Optional[MailboxState]
     dirty: bool
+    # New UIDs on both sides (from LIST-STATUS): an estimate of the work.
+    work: int = 0
 
 
 @attrs.define
@@ -123,6 +125,9 @@ async def plan(
     on_local = _by_name(local_list, local_ns, ignore, reporter, "local", listing)
     on_remote = _by_name(remote_list, remote_ns, ignore, reporter, "remote", listing)
     known = {row.name: row for row in store.mailboxes()}
+    # Read once for all mailboxes, not once each.
+    states = store.states()
+    journaled = store.journaled()
     in_scope = wildcard_regex(list(patterns), DB_DELIMITER)
     names = set(on_local) | set(on_remote)
     names |= {
@@ -140,6 +145,8 @@ async def plan(
                 listing,
                 store,
                 reporter,
+                states,
+                journaled,
             )
         except (IMAPError, MailboxNameConflictError) as e:
             server = e.server if isinstance(e, IMAPError) else None
@@ -209,8 +216,10 @@ async def _reconcile(
     listing: Listing,
     store: StateStore,
     reporter: Reporter,
+    states: Mapping[int, MailboxState],
+    journaled: Set[int],
 ) -> Optional[MailboxPlan]:
-    state = store.state(row.idx) if row is not None else None
+    state = states.get(row.idx) if row is not None else None
     if local_entry is None and remote_entry is None:
         assert row is not None
         with store.transaction():
@@ -253,6 +262,7 @@ async def _reconcile(
             listing.remote.to_wire(name),
             None,
             True,
+            _new_uids(present.status, None),
         )
     subscribed = await _subscriptions(
         name, local_entry, remote_entry, row, local, remote, store, reporter
@@ -267,10 +277,12 @@ async def _reconcile(
         state is None
         or _changed(local_entry.status, state.local)
         or _changed(remote_entry.status, state.remote)
-        or bool(store.journal(idx, "local"))
-        or bool(store.journal(idx, "remote"))
+        or idx in journaled
     )
-    return MailboxPlan(name, idx, local_entry.name, remote_entry.name, state, dirty)
+    work = _new_uids(local_entry.status, state.local if state else None) + _new_uids(
+        remote_entry.status, state.remote if state else None
+    )
+    return MailboxPlan(name, idx, local_entry.name, remote_entry.name, state, dirty, work)
 
 
 async def _subscriptions(
@@ -303,6 +315,14 @@ async def _subscriptions(
         with store.transaction():
             store.set_subscribed(row.idx, wanted)
     return wanted
+
+
+def _new_uids(status: Optional[Mapping[bytes, int]], stored: Optional[SideState]) -> int:
+    """How many UIDs a side has given since ``stored`` (0 when unknown)."""
+    if status is None:
+        return 0
+    since = stored.uidnext if stored is not None else 1
+    return max(0, status.get(b"UIDNEXT", since) - since)
 
 
 def _changed(status: Optional[Mapping[bytes, int]], stored: SideState) -> bool:

@@ -106,6 +106,9 @@ class Synchronizer:
             self.options.local_form,
         )
         work = [p for p in listing.plans if p.dirty or self.options.repair]
+        # Largest first: the workers then finish at about the same time,
+        # instead of one copying a big mailbox alone at the end.
+        work.sort(key=lambda p: -p.work)
         failed = listing.failed
         failed += await self._run_workers(work, listing, (local, remote))
         return failed
