@@ -183,6 +183,9 @@ class MailboxSynchronizer:
     def _news(self, side: Side, changes: Mapping[int, Tuple[int, Flags]]) -> Changes:
         """``changes`` less the echo of our own APPENDs."""
         appended = self._echo[side.name]
+        if not appended:
+            # Nothing copied yet (a mailbox where only flags changed).
+            return dict(changes)
         return {
             uid: change
             for uid, change in changes.items()
