@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import functools
 import hashlib
 import os
 import random
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import attrs
 from twisted.python import log
@@ -421,6 +422,14 @@ class Sandbox:
         if left and grace:
             self.testcase.fail(f"processes still running {grace} s after the run: {left}")
 
+    def command(self, *args: str) -> Run:
+        """``imapsync -c CONFIG ARGS`` (not a sync: ``--delete`` and the like), exit 0."""
+        argv = [sys.executable, "-m", "imapsync", "-c", str(self.config), *args]
+        run = self.run(argv)
+        self.testcase.assertEqual(run.returncode, 0, describe(run))
+        self.testcase.assertEqual(run.matching(r"ERROR|Traceback"), [], describe(run))
+        return run
+
     def sync_clean(self, config: Optional[Path] = None) -> Run:
         """A run that must succeed with no error."""
         run = self.imapsync(config)
@@ -593,23 +602,48 @@ def random_flags(rng: random.Random, other_than: FrozenSet[str] = frozenset()) -
 
 
 def random_changes(
-    box: Sandbox, rng: random.Random, model: Model, label: str, big: float = 0.3
+    box: Sandbox,
+    rng: random.Random,
+    model: Model,
+    label: str,
+    big: float = 0.3,
+    *,
+    growing: Optional[int] = None,
+    cap: Optional[int] = None,
+    delete: float = 0.0,
 ) -> str:
     """Random user changes on both sides, applied to the stores and to ``model``.
 
     New messages (per mailbox and side, a big one with probability
     ``big``), flag changes on one side or both (a conflict: the union
     wins), expunges on one side or both (an expunge beats a flag change on
-    the other side), sometimes a new mailbox on one side.
+    the other side), sometimes a new mailbox on one side.  With
+    probability ``delete`` first a mailbox is deleted (see
+    ``delete_random_mailbox``).  ``growing``: only that many mailboxes,
+    chosen at random, get new messages; ``cap``: a mailbox holding more
+    messages than that gets none and loses a fifth of them (both bound the
+    stores' size over many rounds).
     Returns a summary for failure messages.
     """
     counts: collections.Counter[str] = collections.Counter()
+    if delete and rng.random() < delete:
+        deleted = delete_random_mailbox(box, rng, model)
+        if deleted is not None:
+            counts[f"deleted mailbox {deleted}"] += 1
+    growing_paths = set(model)
+    if growing is not None:
+        growing_paths = set(rng.sample(sorted(model), min(growing, len(model))))
     for path in list(model):
+        full = cap is not None and len(model[path]) > cap
+        if full:
+            growing_paths.discard(path)
         flags: Dict[str, Dict[str, FrozenSet[str]]] = {"local": {}, "remote": {}}
         expunged: Dict[str, List[str]] = {"local": [], "remote": []}
         for digest, current in sorted(model[path].items()):
             r = rng.random()
-            if r < 0.03:
+            if full and r < 0.2:
+                expunged[rng.choice(("local", "remote"))].append(digest)
+            elif r < 0.03:
                 expunged["local"].append(digest)
             elif r < 0.06:
                 expunged["remote"].append(digest)
@@ -645,6 +679,8 @@ def random_changes(
                 ].get(digest, frozenset())
         counts["expunged"] += len(expunged["local"]) + len(expunged["remote"])
         counts["flagged"] += len(flags["local"]) + len(flags["remote"])
+        if path not in growing_paths:
+            continue
         for store in (box.local, box.remote):
             new = [
                 (box.message(label, rng.randrange(300, 3000)), random_flags(rng))
@@ -660,6 +696,241 @@ def random_changes(
         box.add(model, store, path, [(box.message(label), random_flags(rng)) for _ in range(20)])
         counts["new mailbox"] += 1
     return ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+
+
+def delete_random_mailbox(box: Sandbox, rng: random.Random, model: Model) -> Optional[str]:
+    """Delete a mailbox without children (not INBOX) the way a user would.
+
+    One of: deleted on both servers directly (the next run drops it from
+    the database), ``imapsync --delete NAME``, or deleted on one server
+    then ``imapsync --target=OTHER,database --delete NAME`` (the fix the
+    next run's error names).  Returns what was done, or None if no
+    mailbox qualifies.
+    """
+    leaves = sorted(
+        path
+        for path in model
+        if path != ("INBOX",)
+        and not any(len(q) > len(path) and q[: len(path)] == path for q in model)
+    )
+    if not leaves:
+        return None
+    path = rng.choice(leaves)
+    how = rng.choice(("on both servers", "with --delete", "on one server, then --target"))
+    local_name = box.local.mailbox_name(*path)
+    if how == "on both servers":
+        box.local.delete_mailbox(local_name)
+        box.remote.delete_mailbox(box.remote.mailbox_name(*path))
+    elif how == "with --delete":
+        box.command("--delete", local_name)
+    else:
+        side = rng.choice(("local", "remote"))
+        store, other = (box.local, "remote") if side == "local" else (box.remote, "local")
+        store.delete_mailbox(store.mailbox_name(*path))
+        how = f"on {side}, then --target={other},database"
+        box.command(f"--target={other},database", "--delete", local_name)
+    del model[path]
+    return f"{'/'.join(path)} ({how})"
+
+
+@attrs.define
+class Figures:
+    """What a crash torture did: the figures its summary prints."""
+
+    seed: int
+    rounds: int = 0
+    #: SIGKILLs that landed on a running imapsync (not after its end).
+    kills: int = 0
+    #: ... of which during the run that followed a killed one.
+    second_kills: int = 0
+    #: ... of which during the first sync of fresh stores.
+    first_sync_kills: int = 0
+    #: Runs that ended (status 0) before their kill time.
+    missed: int = 0
+    sandboxes: int = 0
+    deleted_mailboxes: int = 0
+    anomalies: List[str] = attrs.Factory(list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"crash torture: seed {self.seed}: rounds {self.rounds}, kills {self.kills} "
+            f"({self.second_kills} during the next run, {self.first_sync_kills} during a "
+            f"first sync; {self.missed} runs ended before their kill), "
+            f"sandboxes {self.sandboxes}, deleted mailboxes {self.deleted_mailboxes}, "
+            f"anomalies {len(self.anomalies)}, {self.seconds:.0f} s"
+        )
+
+
+class Torture:
+    """The crash torture: rounds of random changes on both sides, a sync
+    killed with SIGKILL at a random moment, sometimes the next run killed
+    too, then a clean run and the checks.
+
+    The kill time is uniform over the length of a whole run, estimated
+    from the previous round (killed: the delay plus what the next runs
+    took), so kills land in every phase.  The checks, after the clean run:
+    both stores equal the model of what the users did (every message once,
+    by content hash, with its flags and INTERNALDATE), and ``--repair``
+    finds nothing.  Any failure is an anomaly: it fails ``testcase`` unless
+    ``keep_going``, which records it (and keeps the sandbox under
+    ``keep``, if given) and goes on with fresh stores.
+    """
+
+    def __init__(
+        self,
+        testcase: SynchronousTestCase,
+        seed: int,
+        *,
+        second_kill: float = 0.3,
+        delete: float = 0.2,
+        per_sandbox: Optional[int] = None,
+        keep_going: bool = False,
+        keep: Optional[Path] = None,
+        progress: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        self.testcase = testcase
+        self.rng = random.Random(seed)
+        self.second_kill = second_kill
+        self.delete = delete
+        self.per_sandbox = per_sandbox
+        self.keep_going = keep_going
+        self.keep = keep
+        self.progress = progress or (lambda text: None)
+        self.figures = Figures(seed)
+        #: Estimated length of a whole run: of a first sync, of a round's sync.
+        self.estimates: Dict[str, float] = {}
+
+    def run(self, rounds: int) -> Figures:
+        """``rounds`` rounds (fresh stores first, and every ``per_sandbox`` rounds)."""
+        started = time.monotonic()
+        current: Optional[Tuple[Sandbox, Model]] = None
+        try:
+            for n in range(rounds):
+                if current is not None and self.per_sandbox and n % self.per_sandbox == 0:
+                    current[0].cleanup()
+                    current = None
+                if current is None:
+                    current = self.attempt(n, "fresh stores", self.fresh)
+                if current is not None and not self.attempt(
+                    n, "round", functools.partial(self.round, current[0], current[1], n)
+                ):
+                    current[0].cleanup()
+                    current = None
+                self.figures.rounds += 1
+                self.figures.seconds = time.monotonic() - started
+                self.progress(f"round {n + 1}/{rounds}: {self.figures.summary()}")
+        finally:
+            if current is not None:
+                current[0].cleanup()
+            self.figures.seconds = time.monotonic() - started
+        return self.figures
+
+    def attempt(self, n: int, what: str, step: Callable[[], Any]) -> Any:
+        """``step()``; with ``keep_going``, an anomaly is recorded and None returned."""
+        if not self.keep_going:
+            return step()
+        try:
+            return step()
+        except Exception as e:
+            where = f"seed {self.figures.seed} round {n} ({what})"
+            kept = getattr(e, "sandbox", None)
+            if kept is not None:
+                where += f", sandbox kept in {kept}"
+            self.figures.anomalies.append(f"{where}: {type(e).__name__}: {e}")
+            self.progress(f"ANOMALY {self.figures.anomalies[-1]}")
+            return None
+
+    def fresh(self) -> Tuple[Sandbox, Model]:
+        """New stores with three mailboxes on each side, synced (the first sync killed too)."""
+        self.figures.sandboxes += 1
+        box = Sandbox(self.testcase, "torture")
+        model: Model = {}
+        for path in (("INBOX",), ("Archive",), ("Work", "Sub")):
+            for store in (box.local, box.remote):
+                messages = [
+                    (box.message("s", self.rng.randrange(300, 3000)), random_flags(self.rng))
+                    for _ in range(self.rng.randrange(30, 150))
+                ]
+                box.add(model, store, path, messages)
+        self.sync_killed(box, model, "first", f"sandbox {self.figures.sandboxes}, first sync")
+        return box, model
+
+    def round(self, box: Sandbox, model: Model, n: int) -> bool:
+        before = len(model)
+        summary = random_changes(
+            box, self.rng, model, f"r{n}", growing=3, cap=400, delete=self.delete
+        )
+        if "deleted mailbox" in summary:
+            self.figures.deleted_mailboxes += 1
+        self.sync_killed(box, model, "round", f"round {n} ({before} mailboxes; {summary})")
+        return True
+
+    def sync_killed(self, box: Sandbox, model: Model, kind: str, context: str) -> None:
+        """A run killed at a random time (not without an estimate yet), maybe
+        the next one too, then a clean run and the checks."""
+        context = f"IMAPSYNC_CRASH_SEED={self.figures.seed} {context}"
+        try:
+            self._sync_killed(box, model, kind, context)
+        except Exception as e:
+            if self.keep is not None:
+                self.keep.mkdir(parents=True, exist_ok=True)
+                kept = self.keep / box.directory.name
+                shutil.copytree(box.directory, kept, symlinks=True, dirs_exist_ok=True)
+                e.sandbox = kept  # type: ignore[attr-defined]
+            raise
+
+    def _sync_killed(self, box: Sandbox, model: Model, kind: str, context: str) -> None:
+        # A round's first run: as long as a first sync, about.
+        estimate = self.estimates.get(kind, self.estimates.get("first"))
+        if estimate is None:
+            total = box.sync_clean().duration
+        else:
+            delay = self.rng.uniform(0, estimate)
+            run = box.imapsync(kill_at=delay)
+            context += f", kill at {delay:.3f} s of ~{estimate:.3f} s: "
+            total = self.ended(run, context)
+            if run.killed:
+                context += "killed"
+                self.figures.kills += 1
+                if kind == "first":
+                    self.figures.first_sync_kills += 1
+                total, rest = delay, None
+                if self.rng.random() < self.second_kill:
+                    again = self.rng.uniform(0, estimate)
+                    rerun = box.imapsync(kill_at=again)
+                    context += f", next run killed at {again:.3f} s: "
+                    rest = self.ended(rerun, context)
+                    if rerun.killed:
+                        context += "killed"
+                        self.figures.kills += 1
+                        self.figures.second_kills += 1
+                        total += again
+                        rest = None
+                if rest is None:
+                    total += box.sync_clean().duration
+                else:
+                    total += rest
+                    box.sync_clean()
+            else:
+                box.sync_clean()
+        box.check(model, context)
+        box.repair(context)
+        self.estimates[kind] = total
+
+    def ended(self, run: Run, context: str) -> float:
+        """A run with a kill time: killed, or ended with success before it (its duration)."""
+        if run.killed:
+            return run.duration
+        self.figures.missed += 1
+        self.testcase.assertEqual(run.returncode, 0, f"{context}\n{describe(run)}")
+        self.testcase.assertEqual(run.matching(r"ERROR|Traceback"), [], describe(run))
+        return run.duration
+
+
+def crash_seed() -> int:
+    """IMAPSYNC_CRASH_SEED, else a random seed."""
+    return int(os.environ.get("IMAPSYNC_CRASH_SEED") or random.SystemRandom().randrange(1 << 32))
 
 
 class CrashTests(SynchronousTestCase):
@@ -879,47 +1150,16 @@ class CrashTests(SynchronousTestCase):
         self.finish(box, model)
 
     def test_random_crashes(self) -> None:
-        """Random changes on both sides, a kill at a random time, a clean
-        run; IMAPSYNC_CRASH_ROUNDS rounds (default 3), IMAPSYNC_CRASH_SEED."""
-        seed = int(
-            os.environ.get("IMAPSYNC_CRASH_SEED") or random.SystemRandom().randrange(1 << 32)
-        )
+        """The crash torture (``Torture``), IMAPSYNC_CRASH_ROUNDS rounds
+        (default 3), IMAPSYNC_CRASH_SEED; ``tests/torture/crash.py`` is
+        the long run."""
         rounds = int(os.environ.get("IMAPSYNC_CRASH_ROUNDS") or "3")
-        rng = random.Random(seed)
-        box = Sandbox(self, "random")
-        model: Model = {}
-        for path in (("INBOX",), ("Archive",), ("Work", "Sub")):
-            for store in (box.local, box.remote):
-                messages = [
-                    (box.message("s", rng.randrange(300, 3000)), random_flags(rng))
-                    for _ in range(rng.randrange(30, 150))
-                ]
-                box.add(model, store, path, messages)
-        first = box.sync_clean()
-        box.check(model, f"IMAPSYNC_CRASH_SEED={seed} first sync")
-        # The kill lands uniformly within the length of a whole run, as
-        # estimated from the last one (killed: the delay plus the rerun).
-        estimate = first.duration
-        landed = 0
-        for n in range(rounds):
-            summary = random_changes(box, rng, model, f"r{n}")
-            delay = rng.uniform(0, estimate)
-            run = box.imapsync(kill_at=delay)
-            context = (
-                f"IMAPSYNC_CRASH_SEED={seed} round {n} ({summary}), "
-                f"killed={run.killed} at {delay:.3f} s"
-            )
-            if not run.killed:
-                self.assertEqual(run.returncode, 0, f"{context}\n{describe(run)}")
-            clean = box.sync_clean()
-            box.check(model, context)
-            box.repair(context)
-            if run.killed:
-                landed += 1
-                estimate = delay + clean.duration
-            else:
-                estimate = run.duration
-        log.msg(f"random crashes: seed {seed}, {landed} of {rounds} kills landed mid-run")
+        # Often enough that a few rounds see a second kill and a deletion.
+        torture = Torture(self, crash_seed(), second_kill=0.5, delete=0.5)
+        figures = torture.run(rounds)
+        log.msg(figures.summary())
+        self.assertEqual(figures.anomalies, [])
+        self.assertEqual(figures.rounds, rounds)
 
     def test_interimap_after_same_crash(self) -> None:
         """Informative: interimap 0.5.7 killed between APPEND and commit, then rerun.
