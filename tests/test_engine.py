@@ -124,6 +124,22 @@ class FirstSyncTests(SynchronousTestCase):
         self.assertIn("remote(INBOX): Added 10 UID(s) 1:10 -> 4:13", h.lines())
         self.assertIn("local(INBOX): Added 3 UID(s) 11:13 <- 1:3", h.lines())
 
+    def test_copied_messages_are_not_searched_again(self) -> None:
+        """After the copy, the next pass searches only above the UIDNEXT it had read."""
+        h = Harness()
+        h.local.append_many(b"INBOX", [(message(i), [], None) for i in range(10)])
+        searches: List[bytes] = []
+
+        def record(name: bytes, raw: bytes) -> None:
+            if name == b"UID SEARCH":
+                searches.append(raw)
+
+        h.local.on_command(record)
+        h.sync()
+        h.assert_equal(self)
+        self.assertEqual(len(searches), 1, searches)
+        self.assertIn(b"UID 1:10", searches[0])
+
     def test_internaldate_and_keywords_survive(self) -> None:
         h = Harness()
         h.local.append(

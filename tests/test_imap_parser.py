@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import tempfile
 from typing import List, Optional, Sequence
 
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from imapsync.imap import _parser
 from imapsync.imap._parser import ResponseParser
 from imapsync.imap.errors import ProtocolError
 from imapsync.imap.response import (
@@ -861,3 +863,47 @@ class SpoolTests(SynchronousTestCase):
         exc = self.assertRaises(ProtocolError, parser.next_response)
         self.assertIn("cannot keep a message of 2000 bytes in a temporary file", str(exc))
         self.assertIn("TMPDIR", str(exc))
+
+
+class FastBodyTests(SynchronousTestCase):
+    """FETCH responses carrying a body parse the same with or without the fast path."""
+
+    LINES = [
+        b'* 3 FETCH (UID 7 MODSEQ (12) FLAGS (\\Seen $Label1) INTERNALDATE "01-Jan-2020 10:00:00 +0100" BODY[] {5}\r\nhello)\r\n',
+        b'* 3 FETCH (FLAGS () UID 7 INTERNALDATE " 1-Jan-2020 10:00:00 -0000" MODSEQ (1) BODY[] {0}\r\n)\r\n',
+        b"* 9 FETCH (UID 70 RFC822 {3}\r\nabc)\r\n",
+        b'* 9 FETCH (UID 70 INTERNALDATE "a \\" quote" BODY[] {3}\r\nabc)\r\n',
+        b"* 9 FETCH (UID 70 BODY[] {3}\r\nabc FLAGS (\\Seen))\r\n",
+        b"* 9 FETCH (UID 70 BODY[]<0> {3}\r\nabc)\r\n",
+    ]
+
+    def test_same_as_generic(self) -> None:
+        never = re.compile(rb"(?!)")
+        for line in self.LINES:
+            fast = parse_all(line)
+            self.patch(_parser, "_FAST_BODY", never)
+            generic = parse_all(line)
+            self.patch(_parser, "_FAST_BODY", _parser._FAST_BODY)
+            self.assertEqual(fast, generic, line)
+            # And split anywhere.
+            self.assertEqual(parse_all(line, [1]), generic, line)
+
+    def test_taken_for_the_common_shape(self) -> None:
+        calls: List[bytes] = []
+        real = _parser._FAST_BODY
+
+        class Spy:
+            def fullmatch(self, data: bytes) -> Optional[re.Match[bytes]]:
+                match = real.fullmatch(data)
+                if match is not None:
+                    calls.append(data)
+                return match
+
+        self.patch(_parser, "_FAST_BODY", Spy())
+        (response,) = parse_all(self.LINES[0])
+        assert isinstance(response, FetchResponse)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(response.body, b"hello")
+        self.assertEqual(response.internaldate, b"01-Jan-2020 10:00:00 +0100")
+        self.assertEqual(response.flags, (b"\\Seen", b"$Label1"))
+        self.assertEqual((response.seq, response.uid, response.modseq), (3, 7, 12))

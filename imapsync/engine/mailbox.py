@@ -140,10 +140,16 @@ class MailboxSynchronizer:
                 break
             self._check_delivered(self.local, new_local, asked)
             self._check_delivered(self.remote, new_remote, asked)
-            if new_local:
-                await self._copy(self.local, self.remote, new_local)
-            if new_remote:
-                await self._copy(self.remote, self.local, new_remote)
+            copied_local = await self._copy(self.local, self.remote, new_local)
+            copied_remote = await self._copy(self.remote, self.local, new_remote)
+            # Below the UIDNEXT just read, every message is now mapped: the
+            # next pass searches above it, not the whole mailbox again.
+            for side, new, copied, (uidnext, _) in (
+                (self.local, new_local, copied_local, local_status),
+                (self.remote, new_remote, copied_remote, remote_status),
+            ):
+                if copied == len(new):
+                    side.base_uidnext = max(side.base_uidnext, uidnext)
             asked = {"local": new_local, "remote": new_remote}
         with self.store.transaction():
             for side, (uidnext, modseq) in (
@@ -385,14 +391,18 @@ class MailboxSynchronizer:
 
     # -- step 3: new messages --------------------------------------------
 
-    async def _copy(self, source: Side, target: Side, uids: UIDSet) -> None:
+    async def _copy(self, source: Side, target: Side, uids: UIDSet) -> int:
         """Stream ``uids`` from ``source`` into MULTIAPPEND batches on ``target``.
+
+        Returns how many were copied (fewer when some were expunged meanwhile).
 
         Before a batch is sent, its messages are journaled (source UID and
         body digest); the mapping is committed right after the APPENDUID.
         A crash in between leaves the journal, from which the next run
         recognizes what the target stored instead of copying it twice.
         """
+        if not uids:
+            return 0
         batch: List[FetchedMessage] = []
         batch_bytes = [0]
         in_flight: List[Deferred[None]] = []
@@ -463,6 +473,7 @@ class MailboxSynchronizer:
                 await _quietly(in_flight[0])
         if errors:
             raise errors[0]
+        return copied[0]
 
     def _check_appenduid(self, target: Side, result: AppendResult) -> None:
         """Refuse an APPENDUID that cannot name what was just stored.

@@ -78,6 +78,19 @@ _FAST_FETCH = re.compile(
     rb"\)"
 )
 
+# The hot shape while copying: "* n FETCH (UID u MODSEQ (m) FLAGS (...)
+# INTERNALDATE "..." BODY[] {size}", the same items in any order before the
+# body, then the literal and ")" alone.  Same idea as _FAST_FETCH.
+_FAST_BODY = re.compile(
+    rb"\* ([0-9]{1,10}) FETCH \("
+    rb"(?:(?:UID ([0-9]{1,10})"
+    rb"|MODSEQ \(([0-9]{1,20})\)"
+    rb'|FLAGS \(((?:[^\x00-\x20\x7f(){"]+(?: [^\x00-\x20\x7f(){"]+)*)?)\)'
+    rb'|INTERNALDATE "([^"\\\x00-\x1f\x7f]*)"'
+    rb") )+"
+    rb"(?:BODY\[\]|RFC822) \{[0-9]{1,20}\}"
+)
+
 _BODY_ITEMS = frozenset([b"BODY[]", b"BODY[]<0>", b"RFC822"])
 _NUMBER_RESPONSES = frozenset([b"EXISTS", b"EXPUNGE", b"RECENT"])
 _STATUS_CONDITIONS = frozenset([b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"])
@@ -551,6 +564,22 @@ def _parse_untagged(reader: _Reader) -> Response:
 
 
 def _parse_response(parts: List[Body]) -> Response:
+    if len(parts) == 3 and parts[2] == b")":
+        head = parts[0]
+        assert isinstance(head, bytes)
+        match = _FAST_BODY.fullmatch(head)
+        if match is not None:
+            seq, uid, modseq, flags, internaldate = match.groups()
+            return FetchResponse(
+                int(seq),
+                None if uid is None else int(uid),
+                None if modseq is None else int(modseq),
+                None if flags is None else tuple(flags.split()),
+                internaldate,
+                None,
+                parts[1],
+                {},
+            )
     reader = _Reader(parts)
     line = reader.data
     if line.startswith(b"* "):
