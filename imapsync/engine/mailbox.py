@@ -91,6 +91,10 @@ class MailboxSynchronizer:
     # Messages this run appended, by target side: UID -> flags given.  The
     # server reports them back as changes; those are not news.
     _echo: Dict[str, Dict[int, Flags]] = attrs.field(factory=lambda: {"local": {}, "remote": {}})
+    # The UIDs of those messages, by target side.
+    _stored: Dict[str, UIDSet] = attrs.field(
+        factory=lambda: {"local": UIDSet.from_iterable(()), "remote": UIDSet.from_iterable(())}
+    )
 
     async def run(self) -> None:
         local_sel, remote_sel = await gather(self._select(self.local), self._select(self.remote))
@@ -253,6 +257,8 @@ class MailboxSynchronizer:
         if uidnext <= first:
             return UIDSet.from_iterable(())
         present: UIDSet = await side.session.uid_search(b"UID %d:%d" % (first, uidnext - 1))
+        # This run's own copies are mapped: no need to look them up.
+        present = present - self._stored[side.name]
         if not present:
             return present
         mapped = self.store.map_uids(self.idx, side.name, present)
@@ -508,6 +514,7 @@ class MailboxSynchronizer:
             self.store.journal_remove(self.idx, target.name, [m.uid for m in messages])
         # The copy carried these flags: reports of them, on either side,
         # are not changes to propagate.
+        self._stored[target.name] = self._stored[target.name] | UIDSet.from_iterable(uids)
         target_echo, source_echo = self._echo[target.name], self._echo[source.name]
         for message, uid in zip(messages, uids, strict=True):
             target_echo[uid] = message.flags
