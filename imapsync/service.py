@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger, globalLogBeginner
 
 from imapsync.config import Config
@@ -184,7 +185,12 @@ async def _sync(
     stop: _StopRequest,
 ) -> int:
     synchronizer = Synchronizer(
-        store, reporter, sessions.open, _sync_options(config, options), should_stop=stop
+        store,
+        reporter,
+        sessions.open,
+        _sync_options(config, options),
+        should_stop=stop,
+        pause=lambda: deferLater(sessions.reactor, 0),
     )
     return await synchronizer.run()
 

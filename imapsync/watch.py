@@ -227,6 +227,7 @@ class Watcher:
             self.open_session,
             self.options,
             should_stop=lambda: self.stopping,
+            pause=lambda: deferLater(self.reactor, 0),
         )
         failed = await synchronizer.run(primary=(local, remote))
         # Between passes nothing is selected, so that every change is

@@ -56,7 +56,7 @@ class Harness:
     def stores(self) -> Dict[str, MailStore]:
         return {"local": self.local, "remote": self.remote}
 
-    def sync(self, **options: Any) -> Tuple[int, Reporter]:
+    def sync(self, pause: Any = None, **options: Any) -> Tuple[int, Reporter]:
         """One engine run; returns (mailboxes failed, reporter)."""
         reporter = Reporter()
         synchronizer = Synchronizer(
@@ -64,6 +64,7 @@ class Harness:
             reporter,
             lambda side: self.net.open(self.stores()[side], side),
             SyncOptions(**options),
+            pause=pause,
         )
 
         async def go() -> int:
@@ -198,8 +199,17 @@ class ChangeTests(SynchronousTestCase):
             h.remote.set_flags(b"INBOX", self.ruids[i], [b"\\Answered"])
         h.local.set_flags(b"INBOX", self.uids[9], [b"\\Seen"])
         h.remote.set_flags(b"INBOX", self.ruids[9], [b"\\Flagged"])
-        h.sync()
+        pauses: List[int] = []
+
+        async def pause() -> None:
+            pauses.append(len(h.commands))
+
+        h.sync(pause=pause)
         h.assert_equal(self)
+        # 6 local changes in 2 slices, then 4 remote ones in 2: the reactor
+        # may run before every slice but the first, with STOREs in between.
+        self.assertEqual(len(pauses), 4)
+        self.assertEqual(len(set(pauses)), 4)
         flags = {i: h.local.messages(b"INBOX")[self.uids[i]].flags for i in range(10)}
         self.assertEqual(flags[0], {b"$Work"})
         self.assertEqual(flags[1], {b"\\Answered"})

@@ -9,7 +9,7 @@ propagated.  The stored values only move forward once that is true.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple, TypeVar
+from typing import Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -44,6 +44,10 @@ FLAG_SLICE = 5000
 # the next is read from the source keeps both servers busy; more would
 # only hold memory.
 BATCHES_IN_FLIGHT = 2
+
+
+async def _no_pause() -> None:
+    pass
 
 
 class SyncError(Exception):
@@ -88,6 +92,8 @@ class MailboxSynchronizer:
     # Repair mode: compare every UID and flag, not just what changed.
     repair: bool = False
     should_stop: Callable[[], bool] = lambda: False
+    # Lets the reactor run (I/O, timers) between slices of a long step.
+    pause: Callable[[], Awaitable[None]] = _no_pause
     # Messages this run appended, by target side: UID -> flags given.  The
     # server reports them back as changes; those are not news.
     _echo: Dict[str, Dict[int, Flags]] = attrs.field(factory=lambda: {"local": {}, "remote": {}})
@@ -118,6 +124,8 @@ class MailboxSynchronizer:
             (local_sel.vanished, dict(local_sel.changes)),
             (remote_sel.vanished, dict(remote_sel.changes)),
         )
+        if len(local_sel.changes) + len(remote_sel.changes) > FLAG_SLICE:
+            await self.pause()
         # What the last pass asked each side to copy.
         asked: Dict[str, UIDSet] = {}
         while True:
@@ -311,6 +319,8 @@ class MailboxSynchronizer:
         # ones that are not conflicts, FLAG_SLICE UIDs at a time.
         local_uids = sorted(local_changes)
         for start in range(0, len(local_uids), FLAG_SLICE):
+            if start:
+                await self.pause()
             to_remote = self.store.map_uids(
                 self.idx, "local", local_uids[start : start + FLAG_SLICE]
             )
@@ -332,6 +342,8 @@ class MailboxSynchronizer:
             await gather(self._store_flags(self.local, to_l), self._store_flags(self.remote, to_r))
         remote_uids = sorted(remote_changes)
         for start in range(0, len(remote_uids), FLAG_SLICE):
+            if start or local_uids:
+                await self.pause()
             to_local = self.store.map_uids(
                 self.idx, "remote", remote_uids[start : start + FLAG_SLICE]
             )

@@ -68,6 +68,8 @@ class Synchronizer:
     open_session: SessionFactory
     options: SyncOptions = SyncOptions()
     should_stop: Callable[[], bool] = lambda: False
+    # Lets the reactor run between slices of long steps (see MailboxSynchronizer).
+    pause: Optional[Callable[[], Awaitable[None]]] = None
     sessions: List[IIMAPSession] = attrs.field(factory=list)
     # Connections opened for extra workers (closed after each pass).
     extra: List[IIMAPSession] = attrs.field(factory=list)
@@ -171,6 +173,8 @@ class Synchronizer:
             repair=self.options.repair,
             should_stop=self.should_stop,
         )
+        if self.pause is not None:
+            synchronizer.pause = self.pause
         await synchronizer.run()
 
 
