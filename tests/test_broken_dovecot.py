@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Counter, Dict, Optional, Sequence, Tuple
+from typing import Counter, Dict, List, Optional, Sequence, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -159,6 +159,18 @@ class BrokenTestCase(SynchronousTestCase):
 
     # -- running ---------------------------------------------------------------
 
+    def short_timeout_argv(self) -> List[str]:
+        """``imapsync -c CONFIG -1`` with a command timeout of SHORT_TIMEOUT."""
+        return [
+            sys.executable,
+            "-c",
+            TIMEOUT_WRAPPER,
+            str(SHORT_TIMEOUT),
+            "-c",
+            str(self.config),
+            "-1",
+        ]
+
     def run_command(
         self, argv: Sequence[str], expect: Optional[int], timeout: float = RUN_TIMEOUT
     ) -> Run:
@@ -278,15 +290,7 @@ class OneShotTests(BrokenTestCase):
         self.seed_both()
         fault = Fault(STALL, DOWN, pattern=FETCH_LITERAL, skip=50_000, seconds=30)
         self.proxy.arm(fault)
-        argv = [
-            sys.executable,
-            "-c",
-            TIMEOUT_WRAPPER,
-            str(SHORT_TIMEOUT),
-            "-c",
-            str(self.config),
-            "-1",
-        ]
+        argv = self.short_timeout_argv()
         broken = self.run_command(argv, expect=1, timeout=SHORT_TIMEOUT + 15)
         self.assertEqual(fault.fired, 1, str(broken))
         self.assertLess(broken.seconds, SHORT_TIMEOUT + 10, str(broken))
@@ -305,15 +309,7 @@ class OneShotTests(BrokenTestCase):
             Fault(STALL, DOWN, pattern=FETCH_LITERAL, skip=20_000, seconds=0.5),
             Fault(STALL, UP, pattern=APPEND_LITERAL, skip=20_000, seconds=0.5),
         )
-        argv = [
-            sys.executable,
-            "-c",
-            TIMEOUT_WRAPPER,
-            str(SHORT_TIMEOUT),
-            "-c",
-            str(self.config),
-            "-1",
-        ]
+        argv = self.short_timeout_argv()
         self.run_command(argv, expect=0)
         self.assertEqual(len(self.proxy.events), 2, self.proxy.events)
         self.assertConverged()

@@ -569,17 +569,7 @@ def _parse_response(parts: List[Body]) -> Response:
         assert isinstance(head, bytes)
         match = _FAST_BODY.fullmatch(head)
         if match is not None:
-            seq, uid, modseq, flags, internaldate = match.groups()
-            return FetchResponse(
-                int(seq),
-                None if uid is None else int(uid),
-                None if modseq is None else int(modseq),
-                None if flags is None else tuple(flags.split()),
-                internaldate,
-                None,
-                parts[1],
-                {},
-            )
+            return _fast_fetch(match, parts[1])
     reader = _Reader(parts)
     line = reader.data
     if line.startswith(b"* "):
@@ -597,16 +587,17 @@ def _parse_response(parts: List[Body]) -> Response:
     return TaggedResponse(tag, status, code, text)
 
 
-def _fast_fetch(match: re.Match[bytes]) -> FetchResponse:
-    seq, uid, modseq, flags = match.groups()
+def _fast_fetch(match: re.Match[bytes], body: Optional[Body] = None) -> FetchResponse:
+    """The response matched by _FAST_FETCH, or by _FAST_BODY with its ``body``."""
+    seq, uid, modseq, flags, *internaldate = match.groups()
     return FetchResponse(
         int(seq),
         None if uid is None else int(uid),
         None if modseq is None else int(modseq),
         None if flags is None else tuple(flags.split()),
+        internaldate[0] if internaldate else None,
         None,
-        None,
-        None,
+        body,
         {},
     )
 
