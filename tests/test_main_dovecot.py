@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence
 import attrs
 from twisted.trial.unittest import TestCase
 
+from tests import certs
 from tests.dovecot import (
     DovecotDaemon,
     DovecotStore,
@@ -450,6 +451,56 @@ class MessageContentTests(CommandTestCase):
         self.assertEqual(
             copied.internaldate, datetime.datetime(2025, 2, 13, 9, tzinfo=datetime.UTC)
         )
+
+
+class SpooledMessageTests(CommandTestCase):
+    """Messages of 1 MiB and more go through a file, over TLS and COMPRESS too."""
+
+    def test_large_messages_both_ways_over_tls_and_compress(self) -> None:
+        ca = certs.make_ca()
+        server = ca.issue(["localhost"], ["127.0.0.1"])
+        pems = certs.write_pem_files(os.path.join(self.tmp, "pki"), server, ca)
+        daemon = DovecotDaemon(
+            os.path.join(self.tmp, "daemon"), certificate=server.cert_pem, key=server.key_pem
+        )
+        daemon.start()
+        self.addCleanup(daemon.stop)
+        remote = daemon.store("alice")
+        spool = os.path.join(self.tmp, "spool")
+        os.mkdir(spool)
+        self.env["TMPDIR"] = spool
+        line = bytes(33 + i % 90 for i in range(998)) + b"\r\n"
+
+        def big(name: str, size: int) -> bytes:
+            head = make_message(name, name)
+            body = head + line * ((size - len(head)) // len(line))
+            return body + b"x" * (size - len(body) - 2) + b"\r\n"
+
+        common = (
+            "host = localhost\nusername = alice\npassword = secret\n"
+            f"SSL_CAfile = {pems.ca}\ncompress = YES\n"
+        )
+        expected = {}
+        for n, remote_server in enumerate(
+            (
+                f"type = imaps\nport = {daemon.imaps_port}\n{common}",
+                f"type = imap\nport = {daemon.imap_port}\nSTARTTLS = YES\n{common}",
+            )
+        ):
+            up, down = big(f"up{n}", (3 << 20) + n), big(f"down{n}", (5 << 20) + 17 * n)
+            self.local.append("INBOX", up, ["\\Seen"])
+            remote.append("INBOX", down, ["$Label1"])
+            expected[hashlib.sha256(up).hexdigest()] = {"\\Seen"}
+            expected[hashlib.sha256(down).hexdigest()] = {"$Label1"}
+            config = self.write_config(remote_server=remote_server, name=f"tls{n}.conf")
+            os.chmod(config, 0o600)
+            run = self.imapsync(config=config)
+            self.assertEqual(self.errors(run), [])
+            self.assertLine(run, f"remote(INBOX): Added 1 UID(s) {2 * n + 1} -> {2 * n + 2}")
+            for store in (self.local, remote):
+                self.assertEqual({m.sha256: m.flags for m in store.messages("INBOX")}, expected)
+            # The spool files have no name: nothing is left behind.
+            self.assertEqual(os.listdir(spool), [])
 
 
 class MailboxNameTests(CommandTestCase):
