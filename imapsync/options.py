@@ -207,6 +207,9 @@ class Options(usage.Options):
         names = ["INBOX" if name.upper() == "INBOX" else name for name in self.mailbox_names]
         if command == "delete" and not names:
             raise usage.UsageError("--delete needs the MAILBOX names to delete")
+        if command == "delete" and "INBOX" in names:
+            # Refused before anything is opened, not after connecting.
+            raise usage.UsageError("INBOX cannot be deleted (RFC 3501 6.3.4)")
         if command == "rename" and len(names) != 2:
             raise usage.UsageError(
                 f"--rename needs exactly two arguments, SOURCE and DEST (got {len(names)})"

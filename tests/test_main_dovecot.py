@@ -856,10 +856,11 @@ class MailboxCommandTests(CommandTestCase):
         self.imapsync()
 
     def test_delete(self) -> None:
-        run = self.imapsync("--delete", "inbox", oneshot=False, expect=1)
+        run = self.imapsync("--delete", "Old", "inbox", oneshot=False, expect=64)
         [error] = self.errors(run)
         self.assertIn("INBOX cannot be deleted", error)
         self.assertEqual(len(self.remote.messages("INBOX")), 1)
+        self.assertIn(("Old",), self.selectable(self.remote))
 
         # Not recursive: P's children stay, and stay in sync.
         run = self.imapsync("--delete", "Old", "P", oneshot=False)

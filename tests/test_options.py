@@ -111,6 +111,9 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(options.mailboxes, [b"Old", b"Entw&APw-rfe"])
         error = self.assertRaises(usage.UsageError, parse, "--delete")
         self.assertIn("--delete needs", str(error))
+        for inbox in ("INBOX", "inbox"):
+            error = self.assertRaises(usage.UsageError, parse, "--delete", "Old", inbox)
+            self.assertIn("INBOX cannot be deleted", str(error))
 
     def test_rename(self) -> None:
         options = parse("--rename", "Old", "New")
