@@ -120,6 +120,9 @@ class Synchronizer:
     ) -> int:
         queue = list(work)
         failures = [0]
+        # Errors that took a connection pair down, with it the mailbox it
+        # was on: not that mailbox's fault, and said once, below.
+        lost: List[IMAPError] = []
         extra = min(self.options.workers - 1, max(0, len(work) // MAILBOXES_PER_EXTRA_WORKER - 1))
 
         async def worker(pair: Optional[tuple[IIMAPSession, IIMAPSession]]) -> None:
@@ -144,21 +147,28 @@ class Synchronizer:
                     self.reporter.error(e.server, job.name if e.server else None, str(e))
                     failures[0] += 1
                 except IMAPError as e:
+                    if not _alive(local) or not _alive(remote):
+                        # This pair is gone; another worker may take the
+                        # mailbox again, from where the database says.
+                        lost.append(e)
+                        queue.insert(0, job)
+                        return
                     if e.server is not None:
                         # "remote(INBOX): ERROR: ...": which server was wrong.
                         self.reporter.error(e.server, job.name, str(e))
                     else:
                         self.reporter.error(None, None, f"{display(job.name)}: {e}")
                     failures[0] += 1
-                    if not _alive(local) or not _alive(remote):
-                        # This pair is gone; another worker may go on.
-                        return
                 else:
                     await gather(local.unselect(), remote.unselect())
 
         await gather(worker(first), *(worker(None) for _ in range(extra)))
-        # Mailboxes no worker could take (every connection lost).
-        failures[0] += len(queue) if not self.should_stop() else 0
+        if lost and (queue or not (_alive(first[0]) and _alive(first[1]))):
+            # The run cannot finish (or live mode must reconnect): the caller
+            # reports the lost connection, once.
+            raise lost[0]
+        for error in lost:
+            self.reporter.warn(error.server, None, f"{error}; the other connections carried on")
         return failures[0]
 
     async def _sync_one(self, job: MailboxPlan, local: IIMAPSession, remote: IIMAPSession) -> None:
