@@ -10,10 +10,8 @@ the responses into value objects.  Mailbox names are wire ``bytes``.
 from __future__ import annotations
 
 import base64
-import functools
 import re
 from typing import (
-    Any,
     Awaitable,
     Callable,
     Dict,
@@ -198,10 +196,6 @@ class StoreResult:
     flags: Mapping[int, Flags]
 
 
-def _deferred(coro: Awaitable[T]) -> Deferred[T]:
-    return Deferred.fromCoroutine(coro)  # type: ignore[arg-type]
-
-
 def _uid_chunks(uids: Union[UIDSet, bytes]) -> List[Tuple[bytes, Optional[UIDSet]]]:
     """Command-sized pieces of ``uids``: (wire form, set; None for a raw b"1:*")."""
     if isinstance(uids, bytes):
@@ -258,6 +252,19 @@ class IMAPSession:
 
     # -- plumbing --------------------------------------------------------
 
+    def _deferred(self, coro: Awaitable[T]) -> Deferred[T]:
+        """Run a method's coroutine; the IMAPErrors it fails with name this
+        session's server (see `IMAPError.server`)."""
+
+        def name(failure: Failure) -> Failure:
+            error = failure.value
+            if isinstance(error, IMAPError) and error.server is None:
+                error.server = self.name
+            return failure
+
+        d: Deferred[T] = Deferred.fromCoroutine(coro)  # type: ignore[arg-type]
+        return d.addErrback(name)
+
     def _send(self, name: bytes, *parts: Part, **kwargs: object) -> Deferred[CommandResult]:
         return self.protocol.send(Command(name, parts, **kwargs))  # type: ignore[arg-type]
 
@@ -274,13 +281,13 @@ class IMAPSession:
             await self._send(b"CAPABILITY")
             return self.protocol.capabilities
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def noop(self) -> Deferred[None]:
         async def run() -> None:
             await self._send(b"NOOP")
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def id(self, params: Optional[Mapping[bytes, bytes]] = None) -> Deferred[Dict[bytes, bytes]]:
         """RFC 2971 ID: send ours, return the server's."""
@@ -304,7 +311,7 @@ class IMAPSession:
                                 server[key] = value
             return server
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def enable(self, *capabilities: bytes) -> Deferred[frozenset[bytes]]:
         """ENABLE (RFC 5161); returns what the server enabled."""
@@ -314,7 +321,7 @@ class IMAPSession:
             await self._send(b"ENABLE", *capabilities, barrier=True)
             return self.protocol.enabled
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def starttls(self, creator: object) -> Deferred[None]:
         """STARTTLS, then the TLS handshake; then the capabilities are re-read."""
@@ -327,7 +334,7 @@ class IMAPSession:
             self.protocol.capabilities = frozenset()
             await self.capability()
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def compress(self) -> Deferred[None]:
         """COMPRESS DEFLATE (RFC 4978)."""
@@ -338,7 +345,7 @@ class IMAPSession:
                 b"COMPRESS", b"DEFLATE", barrier=True, on_ok=self.protocol.start_compression
             )
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def authenticate(
         self, mechanisms: Sequence[str], username: Optional[str], password: Optional[str]
@@ -383,7 +390,7 @@ class IMAPSession:
                 )
             )
 
-        return _deferred(run())
+        return self._deferred(run())
 
     async def _authenticate_plain(self, user: bytes, secret: bytes) -> None:
         response = base64.b64encode(b"\0" + user + b"\0" + secret)
@@ -432,7 +439,7 @@ class IMAPSession:
             if transport is not None:
                 transport.loseConnection()
 
-        return _deferred(run())
+        return self._deferred(run())
 
     # -- mailboxes -------------------------------------------------------
 
@@ -488,7 +495,7 @@ class IMAPSession:
                 for e in entries
             ]
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def status(self, mailbox: bytes, items: Sequence[bytes]) -> Deferred[Dict[bytes, int]]:
         async def run() -> Dict[bytes, int]:
@@ -507,13 +514,13 @@ class IMAPSession:
                     found.update(response.items)
             return found
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def _simple(self, name: bytes, *mailboxes: bytes) -> Deferred[None]:
         async def run() -> None:
             await self._send(name, *(astring(m) for m in mailboxes))
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def create(self, mailbox: bytes) -> Deferred[None]:
         return self._simple(b"CREATE", mailbox)
@@ -577,7 +584,7 @@ class IMAPSession:
                 permanentflags=selected.permanentflags,
             )
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def unselect(self) -> Deferred[None]:
         """Leave the selected mailbox without expunging (UNSELECT, RFC 3691).
@@ -601,7 +608,7 @@ class IMAPSession:
                 pass
             self.protocol.selected = None
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def fetch_changes(
         self, changedsince: int, uids: Union[UIDSet, bytes] = b"1:*", vanished: bool = True
@@ -630,7 +637,7 @@ class IMAPSession:
                         record_change(changes, response)
             return Changes(gone, changes)
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def fetch_flags(self, uids: Union[UIDSet, bytes]) -> Deferred[Dict[int, Tuple[int, Flags]]]:
         """UID -> (MODSEQ, flags) for ``uids`` of the selected mailbox."""
@@ -652,7 +659,7 @@ class IMAPSession:
                         record_change(changes, response)
             return changes
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def fetch_messages(
         self,
@@ -704,7 +711,7 @@ class IMAPSession:
             await self._send_all(commands)
             return count[0]
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def append(self, mailbox: bytes, messages: Sequence[AppendMessage]) -> Deferred[AppendResult]:
         """APPEND ``messages`` (one MULTIAPPEND when offered), return APPENDUID.
@@ -750,7 +757,7 @@ class IMAPSession:
                 )
             return AppendResult(uidvalidity, tuple(uids))
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def uid_store(
         self,
@@ -801,7 +808,7 @@ class IMAPSession:
                             new_flags[response.uid] = response.flags
             return StoreResult(modified, modseqs, new_flags)
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def uid_expunge(self, uids: UIDSet) -> Deferred[UIDSet]:
         """UID EXPUNGE (UIDPLUS): expunge only ``uids`` (if flagged \\Deleted)."""
@@ -819,7 +826,7 @@ class IMAPSession:
                         gone = gone | response.uids
             return gone
 
-        return _deferred(run())
+        return self._deferred(run())
 
     def uid_search(self, criteria: bytes) -> Deferred[UIDSet]:
         """UID SEARCH ``criteria``: the matching UIDs (ESEARCH when offered)."""
@@ -845,7 +852,7 @@ class IMAPSession:
                             numbers.append(int(arg))
             return UIDSet.from_iterable(numbers)
 
-        return _deferred(run())
+        return self._deferred(run())
 
     # -- NOTIFY ------------------------------------------------------------
 
@@ -860,56 +867,7 @@ class IMAPSession:
             self.require([b"NOTIFY"])
             await self._send(b"NOTIFY", b"SET", spec, barrier=True)
 
-        return _deferred(run())
-
-
-def _naming_the_server(
-    method: Callable[..., Deferred[Any]],
-) -> Callable[..., Deferred[Any]]:
-    """Wrap a session method so that the IMAPErrors it fails with name the
-    session's server (see `IMAPError.server`)."""
-
-    @functools.wraps(method)
-    def wrapper(self: IMAPSession, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        def name(failure: Failure) -> Failure:
-            error = failure.value
-            if isinstance(error, IMAPError) and error.server is None:
-                error.server = self.name
-            return failure
-
-        return method(self, *args, **kwargs).addErrback(name)
-
-    return wrapper
-
-
-for _method in (
-    "capability",
-    "noop",
-    "id",
-    "enable",
-    "starttls",
-    "compress",
-    "authenticate",
-    "list_extended",
-    "status",
-    "create",
-    "delete",
-    "rename",
-    "subscribe",
-    "unsubscribe",
-    "select_qresync",
-    "unselect",
-    "fetch_changes",
-    "fetch_flags",
-    "fetch_messages",
-    "append",
-    "uid_store",
-    "uid_expunge",
-    "uid_search",
-    "notify_set",
-):
-    setattr(IMAPSession, _method, _naming_the_server(getattr(IMAPSession, _method)))
-del _method
+        return self._deferred(run())
 
 
 def notify_spec(initial_status: bool = False, mailboxes: bytes = b"PERSONAL") -> bytes:
