@@ -497,25 +497,18 @@ class StateStore:
     # --- UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ -----------------------------
 
     def state(self, idx: int) -> Optional[MailboxState]:
-        row = self._conn.execute(
-            "SELECT l.UIDVALIDITY, l.UIDNEXT, l.HIGHESTMODSEQ,"
-            " r.UIDVALIDITY, r.UIDNEXT, r.HIGHESTMODSEQ"
-            " FROM local l JOIN remote r ON l.idx = r.idx WHERE l.idx = ?",
-            (idx,),
-        ).fetchone()
-        if row is None:
-            return None
-        return MailboxState(
-            SideState(row[0], row[1], _decode_modseq(row[2])),
-            SideState(row[3], row[4], _decode_modseq(row[5])),
-        )
+        return self._states(" WHERE l.idx = ?", (idx,)).get(idx)
 
     def states(self) -> dict[int, MailboxState]:
         """`state` of every mailbox that has one, in one query."""
+        return self._states("", ())
+
+    def _states(self, where: str, args: tuple[int, ...]) -> dict[int, MailboxState]:
         rows = self._conn.execute(
             "SELECT l.idx, l.UIDVALIDITY, l.UIDNEXT, l.HIGHESTMODSEQ,"
             " r.UIDVALIDITY, r.UIDNEXT, r.HIGHESTMODSEQ"
-            " FROM local l JOIN remote r ON l.idx = r.idx"
+            " FROM local l JOIN remote r ON l.idx = r.idx" + where,
+            args,
         )
         return {
             row[0]: MailboxState(
