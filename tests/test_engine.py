@@ -56,7 +56,7 @@ class Harness:
     def stores(self) -> Dict[str, MailStore]:
         return {"local": self.local, "remote": self.remote}
 
-    def sync(self, pause: Any = None, **options: Any) -> Tuple[int, Reporter]:
+    def sync(self, pause: Any = mailbox.no_pause, **options: Any) -> Tuple[int, Reporter]:
         """One engine run; returns (mailboxes failed, reporter)."""
         reporter = Reporter()
         synchronizer = Synchronizer(

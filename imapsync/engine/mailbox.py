@@ -46,8 +46,8 @@ FLAG_SLICE = 5000
 BATCHES_IN_FLIGHT = 2
 
 
-async def _no_pause() -> None:
-    pass
+async def no_pause() -> None:
+    """The default pause: none (the engine tests run without a reactor)."""
 
 
 class SyncError(Exception):
@@ -93,7 +93,7 @@ class MailboxSynchronizer:
     repair: bool = False
     should_stop: Callable[[], bool] = lambda: False
     # Lets the reactor run (I/O, timers) between slices of a long step.
-    pause: Callable[[], Awaitable[None]] = _no_pause
+    pause: Callable[[], Awaitable[None]] = no_pause
     # Messages this run appended, by target side: UID -> flags given.  The
     # server reports them back as changes; those are not news.
     _echo: Dict[str, Dict[int, Flags]] = attrs.field(factory=lambda: {"local": {}, "remote": {}})

@@ -18,7 +18,13 @@ import attrs
 from twisted.logger import Logger
 
 from imapsync.engine.listing import Listing, MailboxPlan, SideSpec, plan
-from imapsync.engine.mailbox import MailboxSynchronizer, Side, StopRequested, SyncError
+from imapsync.engine.mailbox import (
+    MailboxSynchronizer,
+    Side,
+    StopRequested,
+    SyncError,
+    no_pause,
+)
 from imapsync.engine.names import display
 from imapsync.engine.report import Reporter
 from imapsync.imap.defer import gather
@@ -69,7 +75,7 @@ class Synchronizer:
     options: SyncOptions = SyncOptions()
     should_stop: Callable[[], bool] = lambda: False
     # Lets the reactor run between slices of long steps (see MailboxSynchronizer).
-    pause: Optional[Callable[[], Awaitable[None]]] = None
+    pause: Callable[[], Awaitable[None]] = no_pause
     sessions: List[IIMAPSession] = attrs.field(factory=list)
     # Connections opened for extra workers (closed after each pass).
     extra: List[IIMAPSession] = attrs.field(factory=list)
@@ -182,9 +188,8 @@ class Synchronizer:
             Side("remote", remote, job.remote_wire, state.remote if state else None),
             repair=self.options.repair,
             should_stop=self.should_stop,
+            pause=self.pause,
         )
-        if self.pause is not None:
-            synchronizer.pause = self.pause
         await synchronizer.run()
 
 
