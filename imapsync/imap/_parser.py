@@ -65,30 +65,33 @@ _QUOTED = re.compile(rb'"([^"\\]*(?:\\["\\][^"\\]*)*)"')
 _QUOTED_ESCAPE = re.compile(rb'\\(["\\])')
 _TAG = re.compile(rb'[^\x00-\x20\x7f(){"%*+\\]+')
 
+# The start and the items both fast paths below know: "* n FETCH (", then
+# UID, MODSEQ and FLAGS as alternatives, each a group of its own.
+_FAST_START = rb"\* ([0-9]{1,10}) FETCH \("
+_FAST_ITEMS = (
+    rb"UID ([0-9]{1,10})"
+    rb"|MODSEQ \(([0-9]{1,20})\)"
+    rb'|FLAGS \(((?:[^\x00-\x20\x7f(){"]+(?: [^\x00-\x20\x7f(){"]+)*)?)\)'
+)
+
 # The hot shape while synchronizing flags: "* n FETCH (UID u MODSEQ (m)
 # FLAGS (...))", items in any order, no literal.  One fullmatch replaces the
 # tokenizer; anything else takes the generic path.  A repeated group keeps
 # its last capture, so each item lands in its own group whatever the order.
 _FAST_FETCH = re.compile(
-    rb"\* ([0-9]{1,10}) FETCH \("
-    rb"(?:(?:UID ([0-9]{1,10})"
-    rb"|MODSEQ \(([0-9]{1,20})\)"
-    rb'|FLAGS \(((?:[^\x00-\x20\x7f(){"]+(?: [^\x00-\x20\x7f(){"]+)*)?)\))'
-    rb"(?: (?=[UMF])|(?=\))))+"
-    rb"\)"
+    _FAST_START + rb"(?:(?:" + _FAST_ITEMS + rb")(?: (?=[UMF])|(?=\))))+" + rb"\)"
 )
 
 # The hot shape while copying: "* n FETCH (UID u MODSEQ (m) FLAGS (...)
 # INTERNALDATE "..." BODY[] {size}", the same items in any order before the
 # body, then the literal and ")" alone.  Same idea as _FAST_FETCH.
 _FAST_BODY = re.compile(
-    rb"\* ([0-9]{1,10}) FETCH \("
-    rb"(?:(?:UID ([0-9]{1,10})"
-    rb"|MODSEQ \(([0-9]{1,20})\)"
-    rb'|FLAGS \(((?:[^\x00-\x20\x7f(){"]+(?: [^\x00-\x20\x7f(){"]+)*)?)\)'
-    rb'|INTERNALDATE "([^"\\\x00-\x1f\x7f]*)"'
-    rb") )+"
-    rb"(?:BODY\[\]|RFC822) \{[0-9]{1,20}\}"
+    _FAST_START
+    + rb"(?:(?:"
+    + _FAST_ITEMS
+    + rb'|INTERNALDATE "([^"\\\x00-\x1f\x7f]*)"'
+    + rb") )+"
+    + rb"(?:BODY\[\]|RFC822) \{[0-9]{1,20}\}"
 )
 
 _BODY_ITEMS = frozenset([b"BODY[]", b"BODY[]<0>", b"RFC822"])
