@@ -149,11 +149,7 @@ async def plan(
                 journaled,
             )
         except (IMAPError, MailboxNameConflictError) as e:
-            server = e.server if isinstance(e, IMAPError) else None
-            if server is not None:
-                reporter.error(server, name, str(e))
-            else:
-                reporter.error(None, None, f"{display(name)}: {e}")
+            reporter.mailbox_error(e.server if isinstance(e, IMAPError) else None, name, str(e))
             listing.failed += 1
             continue
         if plan_ is not None:

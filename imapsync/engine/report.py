@@ -70,6 +70,14 @@ class Reporter:
         self.errors += 1
         log.error("{prefix}ERROR: {text}", server=server, mailbox=_name(mailbox), text=text)
 
+    def mailbox_error(self, server: Optional[str], mailbox: bytes, text: str) -> None:
+        """An error in ``mailbox``: "remote(INBOX): ERROR: ..." when it is known
+        which server was wrong, else "ERROR: INBOX: ..."."""
+        if server is not None:
+            self.error(server, mailbox, text)
+        else:
+            self.error(None, None, f"{display(mailbox)}: {text}")
+
     def added(
         self,
         target: str,

@@ -25,7 +25,6 @@ from imapsync.engine.mailbox import (
     SyncError,
     no_pause,
 )
-from imapsync.engine.names import display
 from imapsync.engine.report import Reporter
 from imapsync.imap.defer import gather
 from imapsync.imap.errors import IMAPError
@@ -159,11 +158,7 @@ class Synchronizer:
                         lost.append(e)
                         queue.insert(0, job)
                         return
-                    if e.server is not None:
-                        # "remote(INBOX): ERROR: ...": which server was wrong.
-                        self.reporter.error(e.server, job.name, str(e))
-                    else:
-                        self.reporter.error(None, None, f"{display(job.name)}: {e}")
+                    self.reporter.mailbox_error(e.server, job.name, str(e))
                     failures[0] += 1
                 else:
                     await gather(local.unselect(), remote.unselect())
